@@ -1,0 +1,1 @@
+"""Ingest engine: wire -> decode -> ring -> writer."""

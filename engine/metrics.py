@@ -1,0 +1,92 @@
+"""Every Prometheus metric tart exports, defined once.
+
+All processes run prometheus-client in multiprocess mode: PROMETHEUS_MULTIPROC_DIR must be set
+(the supervisor sets it to <data_dir>/metrics and wipes it at start) before this module is
+imported. Each process writes its own mmap files; the web tier's /metrics aggregates them with
+MultiProcessCollector. Hot paths increment in batches (``inc(n)``), never per event.
+
+Names follow the reference backend (telemetry_*), which dashboards and alert rules use.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- acceptors -----------------------------------------------------------------------------
+ACTIVE_CONNECTIONS = Gauge(
+    "telemetry_active_connections", "Node connections open now", multiprocess_mode="livesum"
+)
+CONNECTIONS_TOTAL = Counter("telemetry_connections", "Node connections accepted (lifetime)")
+CONNECTIONS_REJECTED = Counter(
+    "telemetry_connections_rejected", "Node connections refused because the connection limit was reached"
+)
+CONNECTIONS_CLOSED = Counter(
+    "telemetry_connections_closed", "Node connections closed, by reason", ["reason"]
+)
+EVENTS_RECEIVED = Counter("telemetry_events_received", "Events received and accepted into a ring")
+EVENTS_DROPPED = Counter(
+    "telemetry_events_dropped", "Events tart had to drop (it counts every one it drops)", ["reason"]
+)
+EVENTS_RATE_LIMITED = Counter(
+    "telemetry_events_rate_limited", "Events over a node's rate limit (TART_RATE_LIMIT), not stored"
+)
+DECODE_ERRORS = Counter(
+    "telemetry_decode_errors", "Events that failed to decode (stored raw), by kind", ["kind"]
+)
+FRAME_ERRORS = Counter(
+    "telemetry_frame_errors", "Connection-level protocol errors that closed a connection", ["kind"]
+)
+BYTES_RECEIVED = Counter("telemetry_bytes_received", "Bytes read from node connections")
+BACKPRESSURE_PAUSES = Counter(
+    "telemetry_backpressure_pauses", "Times an acceptor paused reading because its ring was full"
+)
+
+# --- writer --------------------------------------------------------------------------------
+BUFFER_PENDING = Gauge(
+    "telemetry_buffer_pending", "Events in the rings not yet committed to PostgreSQL", multiprocess_mode="livesum"
+)
+BATCH_WRITE_DURATION = Histogram(
+    "telemetry_batch_write_duration",
+    "Seconds to COPY and commit one batch into PostgreSQL",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+EVENTS_WRITTEN = Counter("telemetry_events_written", "Events committed to PostgreSQL")
+WRITER_LAG = Gauge(
+    "telemetry_writer_lag_seconds",
+    "Age of the oldest event not yet committed to PostgreSQL",
+    multiprocess_mode="max",
+)
+DB_WRITE_ERRORS = Counter("telemetry_database_write_errors", "Failed batch writes (retried)", ["kind"])
+
+# --- web -----------------------------------------------------------------------------------
+BROADCASTER_SUBSCRIBERS = Gauge(
+    "telemetry_broadcaster_subscribers", "WebSocket subscribers connected now", multiprocess_mode="livesum"
+)
+BROADCAST_TOTAL = Counter("telemetry_broadcaster_total_broadcast", "Event messages sent to WebSocket subscribers")
+BROADCAST_LAGGED = Counter(
+    "telemetry_broadcaster_lagged", "Events skipped for slow WebSocket subscribers"
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "telemetry_database_pool_connections", "Database connections in use by the web tier", multiprocess_mode="livesum"
+)
+HTTP_REQUESTS = Counter("tart_http_requests", "HTTP requests", ["route", "method", "status"])
+HTTP_LATENCY = Histogram(
+    "tart_http_request_duration_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+
+# --- supervisor ----------------------------------------------------------------------------
+PROCESS_RESTARTS = Counter("tart_process_restarts", "Child processes restarted after dying", ["role"])
+
+# The reference backend's PromQL uses these counter names without the `_total` suffix that
+# prometheus-client appends; /metrics repeats them under the bare name (as untyped samples) so
+# queries written for the reference keep working.
+REFERENCE_COUNTER_ALIASES = (
+    "telemetry_connections_rejected",
+    "telemetry_events_received",
+    "telemetry_events_dropped",
+    "telemetry_events_rate_limited",
+    "telemetry_broadcaster_total_broadcast",
+)

@@ -1,0 +1,436 @@
+"""`tart-backend`: the supervisor (arbiter) of every tart process.
+
+Modelled on gunicorn's arbiter: the parent does no request work; it prepares what the children
+share (database, rings, listening socket), forks them, and then only reacts to signals and child
+deaths. Children: N acceptors and one writer (forked, so they inherit the listening socket and the
+imported code), and the web tier (gunicorn, exec'd, since it runs its own arbiter).
+
+Shutdown order matters for "nothing accepted is lost": acceptors stop first (they flush what
+they decoded into their rings), then the writer drains every ring into PostgreSQL, then the web
+tier and the embedded PostgreSQL stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tart.engine import config as config_mod
+from tart.engine import logs
+
+log = logging.getLogger("tart.supervisor")
+
+SHUTDOWN_GRACE = {"acceptor": 4.0, "writer": 8.0, "web": 5.0}
+
+
+@dataclass
+class Child:
+    role: str  # "acceptor" | "writer" | "web"
+    index: int = 0
+    pid: int = 0
+    popen: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0  # backoff: earliest time it may be started again
+    stopping: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}" if self.role == "acceptor" else self.role
+
+
+def sd_notify(message: str) -> bool:
+    """Send a systemd notification (READY=1, STOPPING=1, STATUS=...) if NOTIFY_SOCKET is set."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):  # abstract namespace
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+        return True
+    except OSError as e:
+        log.warning("sd_notify failed", extra={"error": str(e)})
+        return False
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, settings: config_mod.Settings) -> None:
+        self.settings = settings
+        self.children: list[Child] = []
+        self.cluster = None
+        self.dsn = ""
+        self.rings: list = []
+        self.ring_names: list[str] = []
+        self.listen_sock: socket.socket | None = None
+        self.signal_queue: list[int] = []
+        self.pipe_r, self.pipe_w = os.pipe()
+        for fd in (self.pipe_r, self.pipe_w):
+            os.set_blocking(fd, False)
+        self.stopping = False
+        self.ready_sent = False
+        self.started = time.time()
+
+    # --- setup --------------------------------------------------------------------------
+    def prepare(self) -> None:
+        s = self.settings
+        data = s.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        metrics_dir = data / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        # Many small orjson outputs held in batches make glibc trim the heap constantly
+        # (performance-facts.md): raise the threshold for every child.
+        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "268435456")
+
+        from tart.engine.db import resolve_database
+        from tart.engine.migrate import ensure_partitions, migrate
+
+        self.dsn, self.cluster = resolve_database(s)
+        applied = migrate(self.dsn)
+        from tart.engine.db import connect
+
+        with connect(self.dsn) as conn:
+            ensure_partitions(conn)
+            conn.commit()
+        log.info("database ready", extra={"embedded": self.cluster is not None, "migrations_applied": len(applied)})
+
+        from tart.engine.ring import Ring
+
+        tag = f"tart{os.getpid()}"
+        for i in range(s.acceptor_count):
+            name = f"{tag}r{i}"
+            self.rings.append(Ring.create(name, s.ring_bytes, i))
+            self.ring_names.append(name)
+
+        host, port = s.telemetry_bind
+        self.listen_sock = _listen_socket(host, port)
+        log.info("telemetry listening", extra={"bind": f"{host}:{self.listen_sock.getsockname()[1]}"})
+
+        self.children = [Child("acceptor", i) for i in range(s.acceptor_count)]
+        self.children.append(Child("writer"))
+        self.children.append(Child("web"))
+
+    # --- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.signal_queue.append(signum)
+        try:
+            os.write(self.pipe_w, b".")
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EINTR):
+                raise
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    # --- children -----------------------------------------------------------------------
+    def spawn(self, child: Child) -> None:
+        child.started_at = time.monotonic()
+        child.stopping = False
+        if child.role == "web":
+            self._spawn_web(child)
+            return
+        pid = os.fork()
+        if pid:
+            child.pid = pid
+            log.info("started", extra={"child": child.name, "pid": pid})
+            return
+        # --- in the child ---
+        code = 0
+        try:
+            os.close(self.pipe_r)
+            os.close(self.pipe_w)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            logs.setup(child.name, self.settings.log_level)
+            if child.role == "acceptor":
+                from tart.engine.acceptor import run_acceptor
+
+                assert self.listen_sock is not None
+                run_acceptor(child.index, self.listen_sock, self.ring_names[child.index], self.settings)
+            else:
+                from tart.engine.writer import run_writer
+
+                if self.listen_sock is not None:
+                    self.listen_sock.close()
+                run_writer(self.ring_names, self.dsn, self.settings)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            logging.getLogger("tart").exception("child crashed")
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _spawn_web(self, child: Child) -> None:
+        s = self.settings
+        host, port = s.api_bind
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        env = dict(os.environ)
+        env.update(
+            TART_DSN=self.dsn,
+            TART_RINGS=",".join(self.ring_names),
+            TART_DATA_DIR=str(s.data_path),
+            TART_LOG=s.log_level,
+            TART_STARTED_AT=str(self.started),
+        )
+        gunicorn = [sys.executable, "-m", "gunicorn"]
+        cmd = [
+            *gunicorn,
+            "-k", "asgi",
+            "--asgi-loop", "uvloop",
+            "-w", str(s.web_workers),
+            "-b", bind,
+            "--config", "python:tart.web.gunicorn_conf",
+            "tart.web.asgi:app",
+        ]
+        child.popen = subprocess.Popen(cmd, env=env, pass_fds=())
+        child.pid = child.popen.pid
+        log.info("started", extra={"child": "web", "pid": child.pid, "bind": bind})
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for child in self.children:
+                if child.pid == pid:
+                    self._child_exited(child, status)
+                    break
+
+    def _child_exited(self, child: Child, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        child.pid = 0
+        if child.popen is not None:
+            child.popen.returncode = code
+            child.popen = None
+        self._mark_dead_metrics_pid()
+        if self.stopping or child.stopping:
+            log.info("stopped", extra={"child": child.name, "code": code})
+            return
+        uptime = time.monotonic() - child.started_at
+        # Backoff: a child that keeps dying right after start is restarted ever more slowly.
+        if uptime > 30:
+            child.restarts = 0
+        delay = min(30.0, 0.5 * (2 ** child.restarts)) * (0.75 + random.random() / 2)
+        child.restarts += 1
+        child.next_start = time.monotonic() + delay
+        log.warning("died, restarting", extra={"child": child.name, "code": code, "uptime_s": round(uptime, 1),
+                                                 "restart_in_s": round(delay, 2)})
+        try:
+            from tart.engine.metrics import PROCESS_RESTARTS
+
+            PROCESS_RESTARTS.labels(child.role).inc()
+        except Exception:  # metrics must never stop supervision
+            pass
+
+    def _mark_dead_metrics_pid(self) -> None:
+        try:
+            from prometheus_client import multiprocess
+
+            live = {c.pid for c in self.children if c.pid}
+            for f in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("gauge_live*_*.db"):
+                pid = int(f.stem.rsplit("_", 1)[1])
+                if pid not in live and pid != os.getpid():
+                    multiprocess.mark_process_dead(pid)
+        except Exception:
+            pass
+
+    def start_due_children(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if not child.pid and not self.stopping and now >= child.next_start:
+                self.spawn(child)
+
+    # --- main loop ----------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signals()
+        self.start_due_children()
+        while True:
+            self._wait(1.0)
+            while self.signal_queue:
+                sig = self.signal_queue.pop(0)
+                if sig == signal.SIGCHLD:
+                    self.reap()
+                elif sig in (signal.SIGTERM, signal.SIGINT):
+                    log.info("shutdown requested", extra={"signal": signal.Signals(sig).name})
+                    return self.shutdown()
+                elif sig == signal.SIGHUP:
+                    self.reload()
+            self.reap()
+            self.start_due_children()
+            if not self.ready_sent:
+                self._check_ready()
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self.pipe_r], [], [], timeout)
+            if ready:
+                while os.read(self.pipe_r, 4096):
+                    pass
+        except (InterruptedError, BlockingIOError):
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EINTR):
+                raise
+
+    def _check_ready(self) -> None:
+        if not all(c.pid for c in self.children):
+            return
+        host, port = self.settings.api_bind
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        url = f"http://[{host}]:{port}/api/health" if ":" in host else f"http://{host}:{port}/api/health"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as resp:
+                if resp.status != 200:
+                    return
+        except OSError:
+            return
+        self.ready_sent = True
+        log.info("ready", extra={"telemetry": "%s:%d" % self.settings.telemetry_bind,
+                                 "api": "%s:%d" % self.settings.api_bind,
+                                 "acceptors": self.settings.acceptor_count})
+        sd_notify(f"READY=1\nSTATUS=tart ready: {self.settings.acceptor_count} acceptors\nMAINPID={os.getpid()}")
+
+    def reload(self) -> None:
+        try:
+            new = config_mod.load()
+        except config_mod.ConfigError as e:
+            log.error("reload rejected: invalid configuration", extra={"error": str(e)})
+            return
+        fixed = ("database_url", "data_dir", "telemetry_bind", "api_bind", "acceptors", "ring_bytes")
+        changed_fixed = [f for f in fixed if getattr(new, f) != getattr(self.settings, f)]
+        if changed_fixed:
+            log.warning("reload: these options need a restart and were not applied",
+                        extra={"options": ",".join(changed_fixed)})
+            for f in changed_fixed:
+                object.__setattr__(new, f, getattr(self.settings, f))
+        self.settings = new
+        logs.setup("supervisor", new.log_level)
+        sd_notify("RELOADING=1")
+        # Acceptors and the writer re-read configuration on SIGHUP; gunicorn reloads its workers.
+        for child in self.children:
+            if child.pid:
+                self._signal(child, signal.SIGHUP)
+        log.info("configuration reloaded")
+        sd_notify("READY=1")
+
+    def _signal(self, child: Child, sig: int) -> None:
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _stop_role(self, role: str) -> None:
+        group = [c for c in self.children if c.role == role and c.pid]
+        for c in group:
+            c.stopping = True
+            self._signal(c, signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_GRACE[role]
+        while any(c.pid for c in group) and time.monotonic() < deadline:
+            self._wait(0.05)
+            self.reap()
+        for c in group:
+            if c.pid:
+                log.warning("did not stop in time, killing", extra={"child": c.name})
+                self._signal(c, signal.SIGKILL)
+        while any(c.pid for c in group):
+            self._wait(0.05)
+            self.reap()
+
+    def shutdown(self) -> int:
+        self.stopping = True
+        sd_notify("STOPPING=1")
+        if self.listen_sock is not None:
+            self.listen_sock.close()
+        self._stop_role("acceptor")
+        self._stop_role("writer")
+        self._stop_role("web")
+        self.cleanup()
+        log.info("stopped", extra={"uptime_s": round(time.time() - self.started, 1)})
+        return 0
+
+    def cleanup(self) -> None:
+        for ring in self.rings:
+            try:
+                ring.close()
+                ring.unlink()
+            except Exception:
+                pass
+        self.rings = []
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tart-backend", description=__doc__.splitlines()[0])
+    parser.add_argument("--check-config", action="store_true", help="validate configuration and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = config_mod.load()
+    except config_mod.ConfigError as e:
+        print(f"tart-backend: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    if args.print_config or args.check_config:
+        if args.print_config:
+            for name, value in sorted(vars(settings).items()):
+                if name != "sources":
+                    print(f"{name} = {value!r}  ({settings.sources.get(name)})")
+        return 0
+    logs.setup("supervisor", settings.log_level)
+    if settings.acceptor_count > 64:
+        print("tart-backend: TART_ACCEPTORS must be <= 64", file=sys.stderr)
+        return 2
+    sup = Supervisor(settings)
+    try:
+        sup.prepare()
+    except Exception as e:
+        log.error("startup failed", extra={"error": f"{type(e).__name__}: {e}"})
+        log.debug("startup failure detail", exc_info=True)
+        sup.cleanup()
+        return 1
+    try:
+        return sup.run()
+    finally:
+        sup.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

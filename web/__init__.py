@@ -1,0 +1,1 @@
+"""Web tier: Falcon ASGI app."""
