@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 bash scripts/ensure-postgres.sh >/dev/null
+[ -f scripts/ensure-test-tools.sh ] && [ "${TART_TEST_TOOLS:-0}" = 1 ] && bash scripts/ensure-test-tools.sh
 
 PY="${PYTHON:-python3}"
 if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then

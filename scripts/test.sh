@@ -2,6 +2,6 @@
 # Set up (first time) and run the whole test suite against a real, embedded PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+TART_TEST_TOOLS=1 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -93,16 +93,19 @@ CREATE TABLE IF NOT EXISTS stats_cache (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Daily partition helper: creates events_YYYYMMDD for the given day if missing.
+-- Daily partition helper: creates events_YYYYMMDD for the given UTC day if missing. Bounds are
+-- computed in UTC whatever the session's TimeZone; the transaction-level advisory lock lets several
+-- processes call it at once (CREATE TABLE IF NOT EXISTS alone can still collide in pg_type).
 CREATE OR REPLACE FUNCTION tart_ensure_partition(day DATE) RETURNS TEXT
 LANGUAGE plpgsql AS $$
 DECLARE
     part TEXT := 'events_' || to_char(day, 'YYYYMMDD');
 BEGIN
     IF to_regclass(part) IS NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtext('tart_ensure_partition'));
         EXECUTE format(
             'CREATE TABLE IF NOT EXISTS %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
-            part, day::timestamptz, (day + 1)::timestamptz);
+            part, day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
     END IF;
     RETURN part;
 END $$;

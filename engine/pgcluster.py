@@ -1,0 +1,466 @@
+"""A private PostgreSQL cluster under tart's data dir, reachable only through a Unix socket.
+
+Layout under ``data_dir``: ``pg/`` (PGDATA, owned by the run user), ``pg-socket/`` (the socket
+directory, mode 0700, owned by the run user; a short directory under /tmp when that path would
+exceed the 107-byte socket path limit), ``pg.lock`` (serialises start/stop between processes).
+
+PostgreSQL refuses to run as root, so when tart is root every initdb/pg_ctl call goes through
+``runuser -u USER --`` as the cluster's owner (the existing ``postgres`` user, else a system user
+``tart`` created on demand). Root processes connect as the role named after that user: root may
+enter the 0700 socket directory, and local-socket auth is ``trust``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import logging
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+PORT = 5432  # only names the socket file: the cluster has a socket directory of its own
+DATABASE = "tart"
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+SOCKET_NAME = f".s.PGSQL.{PORT}"
+CONF_NAME = "tart.conf"
+SYSTEM_USER = "tart"
+
+# For an ingest-heavy workload that acknowledges events: durable commits, fewer and smoother
+# checkpoints, compressed full-page images. Overridable per cluster (tests) or by ALTER SYSTEM,
+# since postgresql.auto.conf is read after the included tart.conf.
+DEFAULT_SETTINGS: dict[str, str] = {
+    "max_connections": "100",
+    "shared_buffers": "256MB",
+    "wal_buffers": "16MB",
+    "synchronous_commit": "on",
+    "fsync": "on",
+    "full_page_writes": "on",
+    "wal_compression": "on",  # upgraded to lz4 when the server was built with it
+    "max_wal_size": "2GB",
+    "min_wal_size": "256MB",
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": "0.9",
+    # JIT compilation costs 100+ ms on the small aggregate queries the API runs.
+    "jit": "off",
+    "timezone": "UTC",
+    "log_timezone": "UTC",
+    "logging_collector": "on",
+    "log_directory": "log",
+    # One file per weekday, overwritten a week later: the logs cannot grow without bound.
+    "log_filename": "postgresql-%a.log",
+    "log_truncate_on_rotation": "on",
+    "log_rotation_age": "1d",
+    "log_rotation_size": "0",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+}
+
+
+class PgClusterError(RuntimeError):
+    """The embedded cluster cannot be set up or started; the message says what to do."""
+
+
+def _pg_version_of(bin_dir: Path) -> str:
+    out = subprocess.run([str(bin_dir / "initdb"), "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    m = re.search(r"(\d+)(?:\.\d+)?", out)
+    if not m:
+        raise PgClusterError(f"cannot parse the version from {bin_dir / 'initdb'}: {out.strip()!r}")
+    return m.group(1)
+
+
+def _bin_candidates(bin_dir: str) -> Iterator[Path]:
+    if bin_dir:
+        yield Path(bin_dir)
+        return
+    initdb = shutil.which("initdb")
+    if initdb:
+        yield Path(os.path.realpath(initdb)).parent
+    versioned = []
+    for d in glob.glob("/usr/lib/postgresql/*/bin"):
+        ver = Path(d).parent.name
+        key = tuple(int(p) for p in ver.split(".") if p.isdigit())
+        versioned.append((key, Path(d)))
+    for _, d in sorted(versioned, reverse=True):
+        yield d
+
+
+def find_pg_bin(bin_dir: str = "", major: str | None = None) -> Path:
+    """The directory holding initdb and pg_ctl: ``bin_dir``, else PATH, else the highest
+    /usr/lib/postgresql/*/bin. With ``major`` (an existing cluster's PG_VERSION), a directory of
+    that major version wins over the order above, unless ``bin_dir`` was given."""
+    found = [d for d in _bin_candidates(bin_dir)
+             if (d / "initdb").is_file() and (d / "pg_ctl").is_file()]
+    if not found:
+        where = bin_dir or "PATH or /usr/lib/postgresql/*/bin"
+        raise PgClusterError(
+            f"PostgreSQL server binaries (initdb, pg_ctl) not found in {where}; "
+            "run scripts/ensure-postgres.sh, set TART_PG_BIN_DIR, or set DATABASE_URL")
+    if major and not bin_dir:
+        for d in found:
+            if _pg_version_of(d) == major:
+                return d
+    return found[0]
+
+
+def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
+    """True if ``pid`` is alive and is the postmaster of ``pgdata``, not a recycled pid (which
+    after a reboot may even belong to another cluster's postgres)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    if comm not in ("postgres", "postmaster"):
+        return False
+    try:
+        # The postmaster's working directory is its data directory.
+        return os.path.samefile(os.readlink(f"/proc/{pid}/cwd"), pgdata)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+
+
+def _pid_from_lockfile(path: Path) -> int | None:
+    try:
+        first = path.read_text().split("\n", 1)[0].strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return abs(int(first)) if first.lstrip("-").isdigit() else None
+
+
+class EmbeddedCluster:
+    """tart's private PostgreSQL. ``start()`` returns a libpq conninfo for database ``tart``."""
+
+    def __init__(self, data_dir: Path | str, bin_dir: str = "", log: logging.Logger | None = None,
+                 settings: Mapping[str, str] | None = None) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.pgdata = self.data_dir / "pg"
+        self.bin_dir_setting = bin_dir
+        self.log = log or logging.getLogger("tart.pgcluster")
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self._dsn: str | None = None
+        self._user: pwd.struct_passwd | None = None
+        self._bin: Path | None = None
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        if self._dsn is None:
+            raise RuntimeError("EmbeddedCluster.dsn: the cluster has not been started")
+        return self._dsn
+
+    @property
+    def socket_dir(self) -> Path:
+        return self._socket_dir()
+
+    @property
+    def user(self) -> str:
+        """The OS user the server runs as; also the PostgreSQL role tart connects as."""
+        return self._run_user().pw_name
+
+    def start(self) -> str:
+        """Create the cluster on first use, start it (or adopt one already running), make sure
+        database ``tart`` exists, and return its DSN."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            user = self._run_user()
+            if os.geteuid() == 0:
+                self._check_traversable(user)
+            self._bin = find_pg_bin(self.bin_dir_setting, self._cluster_major())
+            sock = self._prepare_socket_dir(user)
+            if not (self.pgdata / "PG_VERSION").is_file():
+                self._initdb(user)
+            self._check_version()
+            self._write_conf(sock)
+            if self._server_running():
+                self.log.info("reusing the PostgreSQL already running on %s", self.pgdata)
+            else:
+                self._clear_stale_locks(sock)
+                self._pg_ctl_start()
+            self._dsn = make_conninfo(host=str(sock), port=PORT, user=user.pw_name, dbname=DATABASE)
+            self._ensure_database()
+        return self._dsn
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are cut, committed data is safe)."""
+        if not (self.pgdata / "PG_VERSION").is_file():
+            return
+        with self._lock():
+            if self._bin is None:
+                self._bin = find_pg_bin(self.bin_dir_setting, self._cluster_major())
+            if not self._server_running():
+                return
+            r = self._pg_ctl("stop", "-m", "fast", "-t", "60", check=False)
+            if r.returncode != 0 and self._server_running():
+                self.log.warning("fast shutdown failed (%s); trying immediate", r.stderr.strip())
+                self._pg_ctl("stop", "-m", "immediate", "-t", "30", check=False)
+            self.log.info("PostgreSQL on %s stopped", self.pgdata)
+
+    def running(self) -> bool:
+        if not (self.pgdata / "PG_VERSION").is_file():
+            return False
+        if self._bin is None:
+            self._bin = find_pg_bin(self.bin_dir_setting, self._cluster_major())
+        return self._server_running()
+
+    def __enter__(self) -> EmbeddedCluster:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- users and permissions ---------------------------------------------------------------
+
+    def _run_user(self) -> pwd.struct_passwd:
+        if self._user is not None:
+            return self._user
+        euid = os.geteuid()
+        if self.pgdata.exists():
+            # The cluster's owner decides: the server must run as the user that created it.
+            owner = self.pgdata.stat().st_uid
+            try:
+                pw = pwd.getpwuid(owner)
+            except KeyError:
+                raise PgClusterError(f"{self.pgdata} is owned by uid {owner}, which has no user; "
+                                     "chown it to the user that should run PostgreSQL") from None
+            if euid != 0 and owner != euid:
+                raise PgClusterError(f"{self.pgdata} belongs to {pw.pw_name}; run tart as that user "
+                                     "or as root, or set TART_DATA_DIR elsewhere")
+            if owner == 0:
+                raise PgClusterError(f"{self.pgdata} is owned by root; PostgreSQL cannot run as root")
+            self._user = pw
+        elif euid != 0:
+            self._user = pwd.getpwuid(euid)
+        else:
+            self._user = self._system_user()
+        return self._user
+
+    @staticmethod
+    def _system_user() -> pwd.struct_passwd:
+        for name in ("postgres", SYSTEM_USER):
+            with contextlib.suppress(KeyError):
+                return pwd.getpwnam(name)
+        shell = "/usr/sbin/nologin" if os.path.exists("/usr/sbin/nologin") else "/bin/false"
+        r = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                            "--home-dir", "/nonexistent", "--shell", shell, SYSTEM_USER],
+                           capture_output=True, text=True)
+        try:
+            # Another process may have created it at the same moment (useradd exits 9).
+            return pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            raise PgClusterError(f"cannot create system user {SYSTEM_USER!r} to run PostgreSQL: "
+                                 f"{r.stderr.strip()}") from None
+
+    def _check_traversable(self, user: pwd.struct_passwd) -> None:
+        groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+        for d in [self.data_dir, *self.data_dir.parents]:
+            st = d.stat()
+            if st.st_uid == user.pw_uid:
+                ok = st.st_mode & stat.S_IXUSR
+            elif st.st_gid in groups:
+                ok = st.st_mode & stat.S_IXGRP
+            else:
+                ok = st.st_mode & stat.S_IXOTH
+            if not ok:
+                raise PgClusterError(
+                    f"PostgreSQL runs as user {user.pw_name!r}, which cannot enter {d} "
+                    f"(mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}). Set TART_DATA_DIR "
+                    f"to a directory outside it (e.g. /var/lib/tart), or allow traversal with "
+                    f"'chmod o+x {d}', or set DATABASE_URL to use an existing server.")
+
+    def _owned_dir(self, path: Path, user: pwd.struct_passwd) -> None:
+        """Make ``path`` a 0700 directory owned by ``user``; refuse one owned by someone else."""
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise PgClusterError(f"{path} exists and is not a directory")
+        if st.st_uid != user.pw_uid:
+            if st.st_uid != os.geteuid():
+                raise PgClusterError(f"{path} is owned by uid {st.st_uid}, not {user.pw_name}; remove it")
+            os.chown(path, user.pw_uid, user.pw_gid)
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(path, 0o700)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        fd = os.open(self.data_dir / "pg.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _socket_dir(self) -> Path:
+        preferred = self.data_dir / "pg-socket"
+        if len(str(preferred / SOCKET_NAME).encode()) <= SOCKET_PATH_MAX:
+            return preferred
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return Path(f"/tmp/tart-pg-{digest}")
+
+    def _prepare_socket_dir(self, user: pwd.struct_passwd) -> Path:
+        sock = self._socket_dir()
+        self._owned_dir(sock, user)
+        return sock
+
+    def _cluster_major(self) -> str | None:
+        try:
+            return (self.pgdata / "PG_VERSION").read_text().strip()
+        except OSError:
+            return None
+
+    def _check_version(self) -> None:
+        assert self._bin is not None
+        have, want = _pg_version_of(self._bin), self._cluster_major()
+        if want and have != want:
+            raise PgClusterError(
+                f"the cluster in {self.pgdata} was created by PostgreSQL {want}, but the binaries in "
+                f"{self._bin} are version {have}; install PostgreSQL {want} (or set TART_PG_BIN_DIR "
+                f"to its bin directory), or upgrade the cluster with pg_upgrade")
+
+    def _initdb(self, user: pwd.struct_passwd) -> None:
+        # initdb into a scratch directory, renamed into place only when complete, so a tart killed
+        # during initdb never leaves a half-made cluster that looks finished.
+        tmp = self.data_dir / "pg.initdb-tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self._owned_dir(tmp, user)
+        self.log.info("creating PostgreSQL cluster in %s (user %s)", self.pgdata, user.pw_name)
+        assert self._bin is not None
+        self._run([str(self._bin / "initdb"), "-D", str(tmp), "-U", user.pw_name,
+                   "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--locale=C",
+                   "--no-instructions"], timeout=600)
+        with open(tmp / "postgresql.conf", "a") as f:
+            f.write(f"\n# tart's settings, rewritten at every start by tart\ninclude = '{CONF_NAME}'\n")
+        os.rename(tmp, self.pgdata)
+
+    def _write_conf(self, sock: Path) -> None:
+        settings = dict(self.settings)
+        if settings.get("wal_compression") == "on" and self._has_lz4():
+            settings["wal_compression"] = "lz4"
+        settings.update(listen_addresses="", port=str(PORT), unix_socket_directories=str(sock),
+                        unix_socket_permissions="0700")
+        lines = ["# Written by tart at every start: edits are lost. Override with ALTER SYSTEM.\n"]
+        for k, v in settings.items():
+            lines.append(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n")
+        user = self._run_user()
+        path = self.pgdata / CONF_NAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(lines))
+        if os.geteuid() == 0:
+            os.chown(tmp, user.pw_uid, user.pw_gid)
+        os.replace(tmp, path)
+
+    def _has_lz4(self) -> bool:
+        assert self._bin is not None
+        pg_config = self._bin / "pg_config"
+        if not pg_config.is_file():
+            return False
+        r = subprocess.run([str(pg_config), "--configure"], capture_output=True, text=True)
+        return "--with-lz4" in r.stdout
+
+    def _clear_stale_locks(self, sock: Path) -> None:
+        # A pid recycled since a killed postmaster wrote its lock file makes PostgreSQL refuse to
+        # start ("lock file already exists"); a lock whose pid is not a postgres process is stale.
+        for lockfile in (self.pgdata / "postmaster.pid", sock / f"{SOCKET_NAME}.lock"):
+            pid = _pid_from_lockfile(lockfile)
+            if lockfile.exists() and (pid is None or not _is_postmaster_of(pid, self.pgdata)):
+                self.log.warning("removing stale lock file %s (pid %s)", lockfile, pid)
+                with contextlib.suppress(FileNotFoundError):
+                    lockfile.unlink()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        # PG* variables (PGPORT, PGDATA, ...) would silently change what the server and tools do.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        env.pop("LANG", None)
+        return env
+
+    def _run(self, cmd: list[str], timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        user = self._run_user()
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", user.pw_name, "--", *cmd]
+        r = subprocess.run(cmd, cwd="/tmp", env=self._env(), capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise PgClusterError(f"{' '.join(cmd)} failed (exit {r.returncode}): "
+                                 f"{(r.stderr or r.stdout).strip()}")
+        return r
+
+    def _pg_ctl(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+        assert self._bin is not None
+        return self._run([str(self._bin / "pg_ctl"), "-D", str(self.pgdata), "-w", *args],
+                         timeout=timeout, check=check)
+
+    def _server_running(self) -> bool:
+        r = self._pg_ctl("status", check=False, timeout=30)
+        if r.returncode != 0:
+            return False
+        pid = _pid_from_lockfile(self.pgdata / "postmaster.pid")
+        return pid is not None and _is_postmaster_of(pid, self.pgdata)
+
+    def _pg_ctl_start(self) -> None:
+        startup_log = self.pgdata / "log" / "startup.log"
+        if not startup_log.parent.exists():
+            self._run(["mkdir", "-p", str(startup_log.parent)])
+        self.log.info("starting PostgreSQL on %s", self.pgdata)
+        r = self._pg_ctl("start", "-t", "120", "-l", str(startup_log), check=False)
+        if r.returncode != 0:
+            # Once the logging collector is up, the reason lands in its file, not in startup.log.
+            logs = sorted(startup_log.parent.glob("*.log"), key=lambda p: p.stat().st_mtime)[-2:]
+            tails = []
+            for path in logs:
+                with contextlib.suppress(OSError):
+                    lines = path.read_text(errors="replace").splitlines()[-10:]
+                    tails.append(f"{path}:\n" + "\n".join(lines))
+            raise PgClusterError(f"PostgreSQL did not start (pg_ctl exit {r.returncode}): "
+                                 f"{r.stderr.strip()}\n" + "\n".join(tails))
+
+    def _ensure_database(self) -> None:
+        admin = make_conninfo(self.dsn, dbname="postgres")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = psycopg.connect(admin, autocommit=True)
+                break
+            except psycopg.OperationalError:
+                # A postmaster adopted while still starting up refuses connections briefly.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
+                return
+            try:
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+            except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                pass  # another process created it at the same moment
+
+
+__all__ = ["DEFAULT_SETTINGS", "EmbeddedCluster", "PgClusterError", "find_pg_bin"]
