@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from tart.engine.config import Settings
 from tart.engine.pgcluster import EmbeddedCluster
 

@@ -50,6 +50,11 @@ BATCH_WRITE_DURATION = Histogram(
     "Seconds to COPY and commit one batch into PostgreSQL",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+INGEST_LATENCY = Histogram(
+    "telemetry_ingest_latency_seconds",
+    "Receipt by an acceptor to commit in PostgreSQL, per event (sampled)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
 EVENTS_WRITTEN = Counter("telemetry_events_written", "Events committed to PostgreSQL")
 WRITER_LAG = Gauge(
     "telemetry_writer_lag_seconds",

@@ -8,6 +8,7 @@ import re
 from importlib.resources import files
 
 import psycopg
+
 from tart.engine.db import connect
 
 # Any constant works as long as every tart process uses the same one.

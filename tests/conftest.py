@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from tart.engine.db import connect
 from tart.engine.migrate import migrate
 from tart.engine.pgcluster import EmbeddedCluster

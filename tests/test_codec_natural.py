@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tart.engine.codec import JCE_EPOCH_UNIX_US, DecodeError, decode_natural, encode_natural, jce_to_datetime
 
 

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tart.engine.codec import DecodeError, NodeInfo, decode_node_info, encode_node_info
 
 # (key, struct code) of GP 0.7 fetch selector 0, EVENTS-JSON.md section 3.2, written out here again.

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tart.engine.codec import EVENT_NAMES, decode_event, encode_event, event_schema, peer_address_text
 from tart.engine.codec.types import (
     BoolT,

@@ -12,6 +12,7 @@ import struct
 
 import orjson
 import pytest
+
 from tart.engine.codec import EVENT_NAMES, DecodeError, decode_event, encode_event, event_json
 
 C = 4  # core count used with these vectors: Status carries 4 bytes, the bitfield 1 byte

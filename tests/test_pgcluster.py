@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from tart.engine import config
 from tart.engine.db import connect, resolve_database
 from tart.engine.pgcluster import EmbeddedCluster, PgClusterError, find_pg_bin

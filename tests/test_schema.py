@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+
 from tart.engine.db import connect
 from tart.engine.migrate import MIGRATION_LOCK_KEY, ensure_partitions, migrate, migration_files
 
