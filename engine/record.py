@@ -1,0 +1,161 @@
+"""Ring record formats: the only byte layout that crosses processes (see docs/DESIGN.md).
+
+All little-endian; every record starts with ``kind: u8``.
+
+EVENT (``KIND_EVENT`` = 1), header ``struct "<BBBxIQQQQ32s"`` (72 bytes) then the JSON part
+(``json_len`` bytes) then the raw frame bytes (the rest of the record)::
+
+    pack_event(*, flags, event_type, id, received_at, timestamp, event_id, peer_id, json, raw=b"")
+    unpack_event(buf) -> EventRecord(flags, event_type, id, received_at, timestamp, event_id,
+                                     peer_id, json, raw)   # .malformed, .has_nul
+
+  ``id`` is tart's event id (``Ring.next_id()``), ``event_id`` the JIP-3 per-connection id,
+  ``received_at`` unix µs, ``timestamp`` the raw JIP-3 timestamp (µs since the JAM epoch),
+  ``peer_id`` 32 bytes, ``json`` the event JSON (or the decode error text when
+  ``flags & FLAG_MALFORMED``), ``raw`` the frame bytes (only for MALFORMED / HAS_NUL records).
+
+NODE_UP (``KIND_NODE_UP`` = 2), ``struct "<BxxxxxxxQQ32s"`` then the info JSON::
+
+    pack_node_up(*, connected_at, conn_id, peer_id, info_json) -> bytes
+    unpack_node_up(buf) -> NodeUpRecord(connected_at, conn_id, peer_id, info_json)
+
+NODE_DOWN (``KIND_NODE_DOWN`` = 3), ``struct "<BxxxxxxxQQ32sQQ"``, nothing after it::
+
+    pack_node_down(*, disconnected_at, conn_id, peer_id, connected_at, events) -> bytes
+    unpack_node_down(buf) -> NodeDownRecord(disconnected_at, conn_id, peer_id, connected_at, events)
+
+``record_kind(buf)`` returns the first byte. Unpackers accept bytes, bytearray or memoryview,
+return ``bytes`` fields (copies), and raise ``ValueError`` on a wrong kind or a short buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+KIND_EVENT = 1
+KIND_NODE_UP = 2
+KIND_NODE_DOWN = 3
+
+FLAG_MALFORMED = 1
+FLAG_HAS_NUL = 2
+
+EVENT_HEADER = struct.Struct("<BBBxIQQQQ32s")
+NODE_UP_HEADER = struct.Struct("<BxxxxxxxQQ32s")
+NODE_DOWN_RECORD = struct.Struct("<BxxxxxxxQQ32sQQ")
+
+PEER_ID_LEN = 32
+
+_ev_pack = EVENT_HEADER.pack
+_ev_unpack = EVENT_HEADER.unpack_from
+_EV_SIZE = EVENT_HEADER.size
+
+
+class EventRecord(NamedTuple):
+    flags: int
+    event_type: int
+    id: int
+    received_at: int
+    timestamp: int
+    event_id: int
+    peer_id: bytes
+    json: bytes
+    raw: bytes
+
+    @property
+    def malformed(self) -> bool:
+        return bool(self.flags & FLAG_MALFORMED)
+
+    @property
+    def has_nul(self) -> bool:
+        return bool(self.flags & FLAG_HAS_NUL)
+
+
+class NodeUpRecord(NamedTuple):
+    connected_at: int
+    conn_id: int
+    peer_id: bytes
+    info_json: bytes
+
+
+class NodeDownRecord(NamedTuple):
+    disconnected_at: int
+    conn_id: int
+    peer_id: bytes
+    connected_at: int
+    events: int
+
+
+def _check_peer_id(peer_id: bytes) -> None:
+    # struct's "32s" silently pads or truncates; a wrong-sized peer id is a caller bug.
+    if len(peer_id) != PEER_ID_LEN:
+        raise ValueError(f"peer_id must be {PEER_ID_LEN} bytes, got {len(peer_id)}")
+
+
+def record_kind(buf: bytes | bytearray | memoryview) -> int:
+    if not len(buf):
+        raise ValueError("empty record")
+    return buf[0]
+
+
+def pack_event(
+    *,
+    flags: int,
+    event_type: int,
+    id: int,
+    received_at: int,
+    timestamp: int,
+    event_id: int,
+    peer_id: bytes,
+    json: bytes,
+    raw: bytes = b"",
+) -> bytes:
+    _check_peer_id(peer_id)
+    head = _ev_pack(KIND_EVENT, flags, event_type, len(json), id, received_at, timestamp, event_id, peer_id)
+    if raw:
+        return b"".join((head, json, raw))
+    return head + json
+
+
+def unpack_event(buf: bytes | bytearray | memoryview) -> EventRecord:
+    if len(buf) < _EV_SIZE:
+        raise ValueError(f"EVENT record too short: {len(buf)} bytes")
+    kind, flags, event_type, json_len, id_, received_at, timestamp, event_id, peer_id = _ev_unpack(buf)
+    if kind != KIND_EVENT:
+        raise ValueError(f"not an EVENT record (kind {kind})")
+    end = _EV_SIZE + json_len
+    if end > len(buf):
+        raise ValueError(f"EVENT json_len {json_len} exceeds the record ({len(buf)} bytes)")
+    data = bytes(buf)  # one copy; the slices below are then cheap bytes slices
+    return EventRecord(
+        flags, event_type, id_, received_at, timestamp, event_id, peer_id, data[_EV_SIZE:end], data[end:]
+    )
+
+
+def pack_node_up(*, connected_at: int, conn_id: int, peer_id: bytes, info_json: bytes) -> bytes:
+    _check_peer_id(peer_id)
+    return NODE_UP_HEADER.pack(KIND_NODE_UP, connected_at, conn_id, peer_id) + info_json
+
+
+def unpack_node_up(buf: bytes | bytearray | memoryview) -> NodeUpRecord:
+    size = NODE_UP_HEADER.size
+    if len(buf) < size:
+        raise ValueError(f"NODE_UP record too short: {len(buf)} bytes")
+    kind, connected_at, conn_id, peer_id = NODE_UP_HEADER.unpack_from(buf)
+    if kind != KIND_NODE_UP:
+        raise ValueError(f"not a NODE_UP record (kind {kind})")
+    return NodeUpRecord(connected_at, conn_id, peer_id, bytes(buf[size:]))
+
+
+def pack_node_down(*, disconnected_at: int, conn_id: int, peer_id: bytes, connected_at: int, events: int) -> bytes:
+    _check_peer_id(peer_id)
+    return NODE_DOWN_RECORD.pack(KIND_NODE_DOWN, disconnected_at, conn_id, peer_id, connected_at, events)
+
+
+def unpack_node_down(buf: bytes | bytearray | memoryview) -> NodeDownRecord:
+    if len(buf) != NODE_DOWN_RECORD.size:
+        raise ValueError(f"NODE_DOWN record must be {NODE_DOWN_RECORD.size} bytes, got {len(buf)}")
+    kind, disconnected_at, conn_id, peer_id, connected_at, events = NODE_DOWN_RECORD.unpack(buf)
+    if kind != KIND_NODE_DOWN:
+        raise ValueError(f"not a NODE_DOWN record (kind {kind})")
+    return NodeDownRecord(disconnected_at, conn_id, peer_id, connected_at, events)
