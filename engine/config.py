@@ -48,6 +48,13 @@ def _pos_int(value: str) -> int:
     return n
 
 
+def _ring_bytes(value: str) -> int:
+    n = int(value)
+    if n < 1 << 20 or n % 4096:
+        raise ValueError(f"must be a multiple of 4096 and at least 1 MiB, got {n}")
+    return n
+
+
 def _log_level(value: str) -> str:
     # Accept RUST_LOG-style directives ("tart_backend=debug,sqlx=warn"): take the most verbose level.
     order = ["trace", "debug", "info", "warn", "warning", "error"]
@@ -94,7 +101,7 @@ OPTIONS: list[Option] = [
            "Largest accepted frame in bytes; a larger length prefix closes that connection."),
     Option("idle_timeout", "TART_IDLE_TIMEOUT", "120", _pos_int,
            "Seconds a node may send nothing before its connection is closed."),
-    Option("ring_bytes", "TART_RING_BYTES", "67108864", _pos_int,
+    Option("ring_bytes", "TART_RING_BYTES", "67108864", _ring_bytes,
            "Shared-memory ring size per acceptor, in bytes."),
     Option("batch_max", "TART_BATCH_MAX", "10000", _pos_int, "Most events per COPY batch."),
     Option("batch_interval_ms", "TART_BATCH_INTERVAL_MS", "20", _pos_int,

@@ -70,10 +70,46 @@ def sd_notify(message: str) -> bool:
         return False
 
 
+def _raise_malloc_trim_threshold(value: int) -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, value)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+def _remove_stale_rings() -> None:
+    """Rings of a supervisor that died without cleaning up (named tart<pid>r<i>) are removed."""
+    from tart.engine.ring import Ring
+
+    for path in Path("/dev/shm").glob("tart*r*"):
+        pid_text = path.name[4:].split("r", 1)[0]
+        if not pid_text.isdigit() or Path(f"/proc/{pid_text}").exists():
+            continue
+        if Ring.remove(path.name):
+            log.info("removed stale ring", extra={"ring": path.name})
+
+
+def _listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per acceptor, all on the same port with SO_REUSEPORT.
+
+    The kernel then spreads new connections evenly over the acceptors (one shared socket lets
+    whichever process wakes first take them all). The supervisor keeps the sockets, so the
+    backlog of a dead acceptor waits for its replacement instead of being reset.
+    """
+    socks = [_listen_socket(host, port)]
+    port = socks[0].getsockname()[1]
+    socks.extend(_listen_socket(host, port) for _ in range(count - 1))
+    return socks
+
+
 def _listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind((host, port))
@@ -91,7 +127,7 @@ class Supervisor:
         self.dsn = ""
         self.rings: list = []
         self.ring_names: list[str] = []
-        self.listen_sock: socket.socket | None = None
+        self.listen_socks: list[socket.socket] = []
         self.signal_queue: list[int] = []
         self.pipe_r, self.pipe_w = os.pipe()
         for fd in (self.pipe_r, self.pipe_w):
@@ -110,8 +146,10 @@ class Supervisor:
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         # Many small orjson outputs held in batches make glibc trim the heap constantly
-        # (performance-facts.md): raise the threshold for every child.
+        # (performance-facts.md). The environment variable reaches exec'd children (gunicorn);
+        # forked children inherit the allocator state set here with mallopt.
         os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "268435456")
+        _raise_malloc_trim_threshold(268435456)
 
         from tart.engine.db import resolve_database
         from tart.engine.migrate import ensure_partitions, migrate
@@ -127,6 +165,7 @@ class Supervisor:
 
         from tart.engine.ring import Ring
 
+        _remove_stale_rings()
         tag = f"tart{os.getpid()}"
         for i in range(s.acceptor_count):
             name = f"{tag}r{i}"
@@ -134,8 +173,8 @@ class Supervisor:
             self.ring_names.append(name)
 
         host, port = s.telemetry_bind
-        self.listen_sock = _listen_socket(host, port)
-        log.info("telemetry listening", extra={"bind": f"{host}:{self.listen_sock.getsockname()[1]}"})
+        self.listen_socks = _listen_sockets(host, port, s.acceptor_count)
+        log.info("telemetry listening", extra={"bind": f"{host}:{self.listen_socks[0].getsockname()[1]}"})
 
         self.children = [Child("acceptor", i) for i in range(s.acceptor_count)]
         self.children.append(Child("writer"))
@@ -177,13 +216,16 @@ class Supervisor:
             if child.role == "acceptor":
                 from tart.engine.acceptor import run_acceptor
 
-                assert self.listen_sock is not None
-                run_acceptor(child.index, self.listen_sock, self.ring_names[child.index], self.settings)
+                mine = self.listen_socks[child.index]
+                for other in self.listen_socks:
+                    if other is not mine:
+                        other.close()
+                run_acceptor(child.index, mine, self.ring_names[child.index], self.settings)
             else:
                 from tart.engine.writer import run_writer
 
-                if self.listen_sock is not None:
-                    self.listen_sock.close()
+                for sock in self.listen_socks:
+                    sock.close()
                 run_writer(self.ring_names, self.dsn, self.settings)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -376,8 +418,8 @@ class Supervisor:
     def shutdown(self) -> int:
         self.stopping = True
         sd_notify("STOPPING=1")
-        if self.listen_sock is not None:
-            self.listen_sock.close()
+        for sock in self.listen_socks:
+            sock.close()
         self._stop_role("acceptor")
         self._stop_role("writer")
         self._stop_role("web")
