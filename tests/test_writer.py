@@ -1,0 +1,491 @@
+"""The writer against real rings, real PostgreSQL and real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tart.engine.codec.jce import JCE_EPOCH_UNIX_US, jce_to_datetime
+from tart.engine.config import Settings
+from tart.engine.db import connect
+from tart.engine.migrate import migrate
+from tart.engine.pgcluster import EmbeddedCluster
+from tart.engine.record import (
+    FLAG_HAS_NUL,
+    FLAG_MALFORMED,
+    pack_event,
+    pack_node_down,
+    pack_node_up,
+)
+from tart.engine.ring import Ring
+from tart.engine.writer import apply_retention, run_writer
+
+CTX = multiprocessing.get_context("fork")
+RING_CAP = 1 << 20
+
+
+def peer(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def hexid(n: int) -> str:
+    return peer(n).hex()
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Producer:
+    """Packs records into a ring the way an acceptor would (ids from the ring's clock)."""
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.eids: dict[int, int] = {}
+
+    def put(self, recs: list[bytes]) -> None:
+        while recs:
+            n = self.ring.write_many(recs)
+            recs = recs[n:]
+            if recs:
+                time.sleep(0.005)  # the writer holds the space: wait like a backpressured acceptor
+
+    def event(self, node: int, event_type: int, body: dict | None = None, *, flags: int = 0,
+              json: bytes | None = None, raw: bytes = b"", ts: int | None = None) -> tuple[bytes, int]:
+        eid = self.eids.get(node, 0)
+        self.eids[node] = eid + 1
+        ra = now_us()
+        if ts is None:
+            ts = ra - JCE_EPOCH_UNIX_US
+        if json is None:
+            json = orjson.dumps({"Tag": {"timestamp": ts, **(body or {})}})
+        id_ = self.ring.next_id()
+        return pack_event(flags=flags, event_type=event_type, id=id_, received_at=ra, timestamp=ts,
+                          event_id=eid, peer_id=peer(node), json=json, raw=raw), id_
+
+    def node_up(self, node: int, connected_at: int, name: str = "impl") -> bytes:
+        self.eids[node] = 0
+        info = {"node_info": {"name": name}, "address": "127.0.0.1:5000", "implementation_name": name,
+                "implementation_version": "1.0", "gp_version": "0.7.0"}
+        return pack_node_up(connected_at=connected_at, conn_id=node, peer_id=peer(node),
+                            info_json=orjson.dumps(info))
+
+    def node_down(self, node: int, connected_at: int, events: int) -> bytes:
+        return pack_node_down(disconnected_at=now_us(), conn_id=node, peer_id=peer(node),
+                              connected_at=connected_at, events=events)
+
+
+@pytest.fixture
+def rings() -> Iterator[list[Ring]]:
+    made: list[Ring] = []
+    tag = uuid.uuid4().hex[:8]
+    made = [Ring.create(f"tart-wt-{tag}-{i}", RING_CAP, i) for i in range(2)]
+    yield made
+    for r in made:
+        with contextlib.suppress(Exception):
+            r.close()
+            r.unlink()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="tart-writer-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def settings_for(data_dir: Path, **kw) -> Settings:
+    return Settings(data_dir=str(data_dir), batch_max=kw.pop("batch_max", 500), batch_interval_ms=20,
+                    retention_days=kw.pop("retention_days", 0), **kw)
+
+
+def start_writer(rings: list[Ring], dsn: str, settings: Settings) -> multiprocessing.Process:
+    p = CTX.Process(target=run_writer, args=([r.name for r in rings], dsn, settings), daemon=True)
+    p.start()
+    return p
+
+
+def stop_writer(p: multiprocessing.Process, timeout: float = 30) -> None:
+    os.kill(p.pid, signal.SIGTERM)
+    p.join(timeout)
+    assert p.exitcode == 0, f"writer exit code {p.exitcode}"
+
+
+def wait_for(pred, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def count(dsn: str, sql: str = "SELECT count(*) FROM events", args: tuple = ()) -> int:
+    with connect(dsn, autocommit=True) as c:
+        return c.execute(sql, args).fetchone()[0]
+
+
+def ids_in_db(dsn: str) -> list[int]:
+    with connect(dsn, autocommit=True) as c:
+        return [r[0] for r in c.execute("SELECT id FROM events ORDER BY id")]
+
+
+# --- columns, nodes, malformed, NUL --------------------------------------------------------
+
+
+def test_events_columns_nodes_and_special_rows(rings, fresh_db, data_dir):
+    prod = Producer(rings[0])
+    c1 = now_us()
+    recs = [prod.node_up(1, c1)]
+    expect: dict[int, tuple] = {}
+    for i in range(20):
+        rec, id_ = prod.event(1, 11, {"slot": i, "hash": "0x" + "ab" * 32})
+        recs.append(rec)
+        expect[id_] = (11, i)
+    # malformed: decode error message in the JSON part, frame in raw
+    bad, bad_id = prod.event(1, 99, flags=FLAG_MALFORMED, json=b"unknown event type 99", raw=b"\x63\x01\x02")
+    recs.append(bad)
+    # a string with U+0000, and one with a literal backslash-u0000 text next to it
+    nul_json = orjson.dumps({"Tag": {"timestamp": 1, "reason": "a\x00b", "other": "c\\u0000d"}})
+    nul, nul_id = prod.event(1, 41, flags=FLAG_HAS_NUL, json=nul_json, raw=b"frame-bytes")
+    recs.append(nul)
+    # a timestamp beyond year 9999
+    far, far_id = prod.event(1, 11, {"slot": 999}, ts=2**64 - 1)
+    recs.append(far)
+    prod.put(recs)
+
+    w = start_writer(rings, fresh_db, settings_for(data_dir))
+    try:
+        wait_for(lambda: count(fresh_db) == 23, what="23 events")
+        # disconnect, reconnect on the other ring, more events
+        rings[0].write_many([prod.node_down(1, c1, 23)])
+        wait_for(lambda: count(fresh_db, "SELECT count(*) FROM nodes WHERE NOT is_connected") == 1,
+                 what="node down")
+        prod2 = Producer(rings[1])
+        c2 = now_us()
+        more = [prod2.node_up(1, c2)] + [prod2.event(1, 11, {"slot": 100 + i})[0] for i in range(5)]
+        # a stale NODE_DOWN of the first connection arriving late must not disconnect the new one
+        more.append(prod.node_down(1, c1, 23))
+        prod2.put(more)
+        wait_for(lambda: count(fresh_db) == 28, what="28 events")
+        health = orjson.loads((data_dir / "writer.health").read_bytes())
+        assert health["pg_ok"] is True and health["pid"] == w.pid
+    finally:
+        stop_writer(w)
+
+    with connect(fresh_db, autocommit=True) as c:
+        rows = {r[0]: r for r in c.execute(
+            "SELECT id, node_id, event_id, event_type, timestamp, data, created_at, raw, decode_error"
+            " FROM events")}
+        for id_, (etype, slot) in expect.items():
+            _, node, eid, et, ts, data, created, raw, err = rows[id_]
+            assert node == hexid(1) and et == etype and raw is None and err is None
+            assert data["Tag"]["slot"] == slot
+            assert ts == jce_to_datetime(data["Tag"]["timestamp"])
+            assert abs((created - ts).total_seconds()) < 5
+        assert [rows[i][2] for i in sorted(expect)] == list(range(20))  # JIP-3 ids from 0
+        b = rows[bad_id]
+        assert b[5] is None and b[8] == "unknown event type 99" and bytes(b[7]) == b"\x63\x01\x02"
+        n = rows[nul_id]
+        assert n[5]["Tag"]["reason"] == "a\\u0000b" and n[5]["Tag"]["other"] == "c\\u0000d"
+        assert bytes(n[7]) == b"frame-bytes" and n[8] is None
+        f = rows[far_id]
+        assert f[5]["Tag"]["slot"] == 999 and f[4] == f[6] and "out of range" in f[8]
+
+        node = c.execute("SELECT is_connected, connected_at, disconnected_at, event_count, connection_count,"
+                         " implementation_name, node_info, address FROM nodes WHERE node_id = %s",
+                         (hexid(1),)).fetchone()
+        assert node[0] is True and node[2] is None
+        assert node[1] == dt.datetime.fromtimestamp(c2 / 1e6, dt.UTC)
+        assert node[3] == 28 and node[4] == 2
+        assert node[5] == "impl" and node[6] == {"name": "impl"} and node[7] == "127.0.0.1:5000"
+        cur = c.execute("SELECT ring_name, position FROM ring_cursors ORDER BY 1").fetchall()
+        assert [r[0] for r in cur] == sorted(r.name for r in rings)
+        assert [r[1] for r in cur] == [r.gate_pos for r in sorted(rings, key=lambda r: r.name)]
+
+
+def test_bad_row_isolated_without_losing_batch_mates(rings, fresh_db, data_dir):
+    prod = Producer(rings[0])
+    recs, bad_ids = [], []
+    for i in range(300):
+        if i in (57, 201):
+            # NUL escape without the HAS_NUL flag: JSONB rejects this row
+            rec, id_ = prod.event(2, 30, json=b'{"Tag":{"timestamp":1,"s":"x\\u0000"}}')
+            bad_ids.append(id_)
+        else:
+            rec, _ = prod.event(2, 30, {"i": i})
+        recs.append(rec)
+    prod.put(recs)
+    w = start_writer(rings, fresh_db, settings_for(data_dir, batch_max=1000))
+    try:
+        wait_for(lambda: count(fresh_db) == 300, what="300 events")
+    finally:
+        stop_writer(w)
+    with connect(fresh_db, autocommit=True) as c:
+        rows = c.execute("SELECT id, data, raw, decode_error FROM events WHERE decode_error IS NOT NULL"
+                         " ORDER BY id").fetchall()
+        assert [r[0] for r in rows] == bad_ids
+        for _, data, raw, err in rows:
+            assert data is None and err.startswith("rejected by PostgreSQL:")
+            assert bytes(raw) == b'{"Tag":{"timestamp":1,"s":"x\\u0000"}}'
+        assert count(fresh_db, "SELECT count(*) FROM events WHERE data IS NOT NULL") == 298
+        assert c.execute("SELECT event_count FROM nodes WHERE node_id = %s", (hexid(2),)).fetchone()[0] == 300
+
+
+# --- crash safety --------------------------------------------------------------------------
+
+
+def _stream(prod: Producer, n: int, node: int, chunk: int = 200, pause: float = 0.002) -> list[int]:
+    ids = []
+    for start in range(0, n, chunk):
+        batch = []
+        for _ in range(min(chunk, n - start)):
+            rec, id_ = prod.event(node, 30, {"pad": "x" * 40})
+            batch.append(rec)
+            ids.append(id_)
+        prod.put(batch)
+        time.sleep(pause)
+    return ids
+
+
+def test_kill9_midstream_then_restart_loses_and_duplicates_nothing(rings, fresh_db, data_dir):
+    settings = settings_for(data_dir, batch_max=300)
+    prods = [Producer(r) for r in rings]
+    w = start_writer(rings, fresh_db, settings)
+    ids: list[int] = []
+    for _ in range(3):
+        ids += _stream(prods[0], 1500, 3) + _stream(prods[1], 1500, 4)
+        wait_for(lambda: count(fresh_db) > 0, what="some rows")
+        os.kill(w.pid, signal.SIGKILL)  # mid-stream: the rings still hold uncommitted records
+        w.join(10)
+        w = start_writer(rings, fresh_db, settings)
+    try:
+        wait_for(lambda: count(fresh_db) >= len(ids), what="all rows")
+    finally:
+        stop_writer(w)
+    assert ids_in_db(fresh_db) == sorted(ids)
+    # counts are flushed about once a second: kill -9 may undercount them, never overcount
+    assert 0 < count(fresh_db, "SELECT sum(event_count) FROM nodes") <= len(ids)
+    assert count(fresh_db, "SELECT sum(event_count) FROM event_stats_hourly") == count(
+        fresh_db, "SELECT sum(event_count) FROM nodes")
+
+
+def test_sigterm_drains_everything(rings, fresh_db, data_dir):
+    prod = Producer(rings[1])
+    w = start_writer(rings, fresh_db, settings_for(data_dir, batch_max=10000))
+    ids = _stream(prod, 3000, 5, chunk=1000, pause=0)
+    stop_writer(w)  # immediately: the drain must still store everything
+    assert ids_in_db(fresh_db) == sorted(ids)
+
+
+def test_postgres_down_midstream(rings, data_dir):
+    root = Path(tempfile.mkdtemp(prefix="tart-wpg-", dir="/tmp"))
+    root.chmod(0o755)
+    cluster = EmbeddedCluster(root / "var", settings={"fsync": "off", "shared_buffers": "32MB"})
+    try:
+        dsn = cluster.start()
+        migrate(dsn)
+        prod = Producer(rings[0])
+        w = start_writer(rings, dsn, settings_for(data_dir, batch_max=200))
+        try:
+            ids = _stream(prod, 1000, 6)
+            wait_for(lambda: count(dsn) > 0, what="first rows")
+            cluster.stop()
+            ids += _stream(prod, 1000, 6)  # lands in the ring while PostgreSQL is down
+            time.sleep(3)
+            health = orjson.loads((data_dir / "writer.health").read_bytes())
+            assert health["pg_ok"] is False and health["pending"] > 0
+            cluster.start()
+            ids += _stream(prod, 1000, 6)
+            wait_for(lambda: count(dsn) >= len(ids), timeout=60, what="all rows after restart")
+        finally:
+            stop_writer(w)
+        assert ids_in_db(dsn) == sorted(ids)
+        assert count(dsn, "SELECT event_count FROM nodes") == len(ids)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- derived tables ------------------------------------------------------------------------
+
+
+def test_node_status_blocks_and_hourly(rings, fresh_db, data_dir):
+    prod = Producer(rings[0])
+    h = "0x" + "11" * 32
+    recs = [prod.node_up(7, now_us()), prod.node_up(8, now_us())]
+    recs.append(prod.event(7, 10, {"num_peers": 5, "num_val_peers": 4, "num_sync_peers": 3,
+                                   "num_guarantees": [1, 2], "num_shards": 9, "shards_size": 2**40,
+                                   "num_preimages": 6, "preimages_size": 7})[0])
+    recs.append(prod.event(7, 11, {"slot": 41, "hash": "0xaa"})[0])
+    recs.append(prod.event(7, 11, {"slot": 42, "hash": "0xbb"})[0])
+    recs.append(prod.event(7, 12, {"slot": 40, "hash": "0xcc"})[0])
+    recs.append(prod.event(7, 13, {"synced": True})[0])
+    authoring, _ = prod.event(7, 40, {"slot": 42, "parent": "0x00"})  # node 7 event_id 5
+    recs.append(authoring)
+    recs.append(prod.event(7, 42, {"authoring_id": 5, "outline": {"hash": h}})[0])
+    recs.append(prod.event(7, 47, {"authoring_or_importing_id": 5, "accumulate_costs": []})[0])
+    recs.append(prod.event(8, 43, {"slot": 42, "outline": {"hash": h}})[0])  # node 8 event_id 0
+    recs.append(prod.event(8, 47, {"authoring_or_importing_id": 0, "accumulate_costs": []})[0])
+    recs.append(prod.event(8, 11, {"slot": 42, "hash": h})[0])
+    prod.put(recs)
+    w = start_writer(rings, fresh_db, settings_for(data_dir))
+    try:
+        wait_for(lambda: count(fresh_db) == 11, what="11 events")
+        # a later batch updates only what it carries
+        prod.put([prod.event(7, 13, {"synced": False})[0]])
+        wait_for(lambda: count(fresh_db) == 12, what="12 events")
+    finally:
+        stop_writer(w)
+    with connect(fresh_db, autocommit=True) as c:
+        st = c.execute("SELECT num_peers, num_val_peers, num_sync_peers, num_guarantees, num_shards, shards_size,"
+                       " num_preimages, preimages_size, best_slot, best_hash, finalized_slot, finalized_hash,"
+                       " is_synced FROM node_status WHERE node_id = %s", (hexid(7),)).fetchone()
+        assert st == (5, 4, 3, [1, 2], 9, 2**40, 6, 7, 42, "0xbb", 40, "0xcc", False)
+        st8 = c.execute("SELECT num_peers, best_slot, best_hash FROM node_status WHERE node_id = %s",
+                        (hexid(8),)).fetchone()
+        assert st8 == (None, 42, h)
+        blocks = c.execute("SELECT slot, hash, authored_by, imported_by, executed_by FROM blocks").fetchall()
+        assert blocks == [(42, h, [hexid(7)], [hexid(8)], sorted([hexid(7), hexid(8)]))]
+        hourly = dict(((r[0], r[1]), r[2]) for r in c.execute(
+            "SELECT node_id, event_type, sum(event_count) FROM event_stats_hourly GROUP BY 1, 2"))
+        assert hourly[(hexid(7), 11)] == 2 and hourly[(hexid(7), 13)] == 2 and hourly[(hexid(8), 47)] == 1
+        assert sum(hourly.values()) == 12
+        counts = dict(c.execute("SELECT node_id, event_count FROM nodes").fetchall())
+        assert counts == {hexid(7): 9, hexid(8): 3}
+
+
+# --- retention -----------------------------------------------------------------------------
+
+
+def test_retention_archives_and_drops_old_partitions(fresh_db, data_dir):
+    now = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
+    with connect(fresh_db, autocommit=True) as c:
+        for d in range(0, 6):
+            day = (now - dt.timedelta(days=d)).date()
+            c.execute("SELECT tart_ensure_partition(%s::date)", (day,))
+            c.execute(
+                "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at, raw,"
+                " decode_error) VALUES (%s, %s, 0, 11, %s, %s, %s, %s, %s)",
+                (d, hexid(1), now, orjson.dumps({"T": {"d": d}}).decode(), now - dt.timedelta(days=d),
+                 b"\x01\x02" if d == 5 else None, "err" if d == 5 else None))
+        c.execute("INSERT INTO event_stats_hourly VALUES (%s, %s, 11, 3)", (now - dt.timedelta(days=5), hexid(1)))
+        archive = data_dir / "archive"
+        dropped = apply_retention(c, 3, str(archive), now=now)
+        # wholly older than 3 days: the partitions of days -4 and -5 (day -3 ends after the cutoff)
+        assert dropped == ["events_20261121", "events_20261122"]
+        left = [r[0] for r in c.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'events'::regclass ORDER BY 1")]
+        assert left == ["events_20261123", "events_20261124", "events_20261125", "events_20261126"]
+        assert count(fresh_db, "SELECT count(*) FROM event_stats_hourly") == 1
+        assert apply_retention(c, 0, str(archive), now=now) == []
+    lines = [orjson.loads(x) for x in gzip.open(archive / "events_20261121.jsonl.gz").read().splitlines()]
+    assert lines == [{"id": 5, "node_id": hexid(1), "event_id": 0, "event_type": 11,
+                      "timestamp": "2026-11-26T12:00:00Z", "created_at": "2026-11-21T12:00:00Z",
+                      "data": {"T": {"d": 5}}, "decode_error": "err", "raw": "0102"}]
+    assert sorted(p.name for p in archive.iterdir()) == ["events_20261121.jsonl.gz", "events_20261122.jsonl.gz"]
+
+
+def test_retention_without_archive_dir(fresh_db):
+    with connect(fresh_db) as c:  # autocommit off, as tart.engine.db.connect gives by default
+        c.execute("SELECT tart_ensure_partition('2020-01-01'::date)")
+        c.commit()
+        assert apply_retention(c, 30, "") == ["events_20200101"]
+    assert count(fresh_db, "SELECT count(*) FROM pg_class WHERE relname = 'events_20200101'") == 0
+
+
+def test_missing_partition_is_created(rings, fresh_db, data_dir):
+    """A record whose arrival day has no partition (clock jump) is stored after creating it."""
+    prod = Producer(rings[0])
+    rec, id_ = prod.event(9, 30, {"x": 1})
+    # rewrite received_at to 10 days ahead
+    future = now_us() + 10 * 86_400_000_000
+    rec = pack_event(flags=0, event_type=30, id=id_, received_at=future, timestamp=1, event_id=0,
+                     peer_id=peer(9), json=b'{"Tag":{"timestamp":1}}')
+    prod.put([rec])
+    w = start_writer(rings, fresh_db, settings_for(data_dir))
+    try:
+        wait_for(lambda: count(fresh_db) == 1, what="row in a new partition")
+    finally:
+        stop_writer(w)
+    assert count(fresh_db, "SELECT count(*) FROM events WHERE decode_error IS NULL") == 1
+
+
+def test_restart_skips_what_the_stored_cursor_covers(rings, fresh_db, data_dir):
+    """A writer that committed a batch to PostgreSQL but died before releasing it in the ring: its
+    successor must resume at the stored cursor, not at the ring's gate (else duplicates)."""
+    prod = Producer(rings[0])
+    made = [prod.event(10, 30, {"i": i}) for i in range(10)]
+    prod.put([r for r, _ in made])
+    peek = rings[0].gate_reader()
+    peek.read(4)
+    with connect(fresh_db, autocommit=True) as c:
+        c.execute("INSERT INTO ring_cursors (ring_name, ring_uuid, position) VALUES (%s, %s, %s), (%s, %s, %s)",
+                  (rings[0].name, rings[0].uuid, peek.position, rings[1].name, "another-ring", 10**9))
+    w = start_writer(rings, fresh_db, settings_for(data_dir))
+    try:
+        wait_for(lambda: count(fresh_db) >= 6, what="6 rows")
+        rings[1].write_many([Producer(rings[1]).event(11, 30, {})[0]])  # stale uuid: read from the gate
+        wait_for(lambda: count(fresh_db) >= 7, what="7 rows")
+    finally:
+        stop_writer(w)
+    assert ids_in_db(fresh_db)[:6] == [id_ for _, id_ in made[4:]]
+    assert count(fresh_db) == 7
+
+
+def test_escape_nul_json_keeps_escaped_backslashes():
+    from tart.engine.copyfmt import escape_nul_json
+
+    src = orjson.dumps({"a": "x\x00y", "b": "lit\\u0000", "c": "\\\x00", "d": "\\\\u0000"})
+    out = orjson.loads(escape_nul_json(src))
+    assert out == {"a": "x\\u0000y", "b": "lit\\u0000", "c": "\\\\u0000", "d": "\\\\u0000"}
+    assert "\x00" not in escape_nul_json(src).decode()
+
+
+def test_unreadable_ring_records_are_skipped_not_fatal(rings, fresh_db, data_dir):
+    prod = Producer(rings[0])
+    good = [prod.event(12, 30, {"i": i}) for i in range(3)]
+    prod.put([good[0][0], b"\x01short", good[1][0], b"\x09unknown kind", good[2][0]])
+    w = start_writer(rings, fresh_db, settings_for(data_dir))
+    try:
+        wait_for(lambda: count(fresh_db) == 3 and rings[0].gate_pos == rings[0].write_pos, what="3 rows")
+        assert w.is_alive()
+    finally:
+        stop_writer(w)
+    assert ids_in_db(fresh_db) == [id_ for _, id_ in good]
+
+
+def test_table_level_failure_holds_the_batch_instead_of_rejecting_rows(rings, fresh_db, data_dir):
+    """An error no row is to blame for (here: the table is missing) keeps the events in the ring
+    until it is fixed; they are then stored normally, not as 'rejected' rows."""
+    w = start_writer(rings, fresh_db, settings_for(data_dir))
+    try:
+        wait_for(lambda: (data_dir / "writer.health").exists(), what="writer running")
+        with connect(fresh_db, autocommit=True) as c:
+            c.execute("ALTER TABLE events RENAME TO events_away")
+        prod = Producer(rings[0])
+        made = [prod.event(13, 30, {"i": i}) for i in range(50)]
+        prod.put([r for r, _ in made])
+        time.sleep(2)
+        assert rings[0].gate_pos == 0 and w.is_alive()
+        with connect(fresh_db, autocommit=True) as c:
+            c.execute("ALTER TABLE events_away RENAME TO events")
+        wait_for(lambda: count(fresh_db) == 50, what="50 rows once the table is back")
+    finally:
+        stop_writer(w)
+    assert ids_in_db(fresh_db) == [id_ for _, id_ in made]
+    assert count(fresh_db, "SELECT count(*) FROM events WHERE decode_error IS NOT NULL") == 0
