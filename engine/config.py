@@ -109,7 +109,7 @@ OPTIONS: list[Option] = [
     Option("retention_days", "TART_RETENTION_DAYS", "30", _nonneg_int,
            "Daily event partitions older than this are dropped; 0 = keep forever."),
     Option("archive_dir", "TART_ARCHIVE_DIR", "", str,
-           "If set, a partition is archived here (gzip JSON lines) before it is dropped."),
+           "If set, a partition is archived here before it is dropped: gzip JSON lines in the tart-export --raw envelope; under systemd it must be writable, e.g. /var/lib/tart/archive."),
     Option("cors_origins", "TART_CORS_ORIGINS", "", str,
            "Comma-separated allowed CORS origins; '*' for any; empty = CORS off."),
     Option("pg_bin_dir", "TART_PG_BIN_DIR", "", str,

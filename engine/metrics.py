@@ -63,6 +63,14 @@ WRITER_LAG = Gauge(
 )
 DB_WRITE_ERRORS = Counter("telemetry_database_write_errors", "Failed batch writes (retried)", ["kind"])
 
+# A labelled series exists only once its label value is first used. Create the known ones at zero,
+# so that dashboards show 0 rather than "No data" and the alert rules (deploy/prometheus) see a
+# series from the start (tests/test_ops_monitoring.py checks that every metric they use is exported).
+for _reason in ("too_large", "shutdown"):
+    EVENTS_DROPPED.labels(reason=_reason)
+for _kind in ("rejected_row", "bad_record"):
+    DB_WRITE_ERRORS.labels(kind=_kind)
+
 # --- web -----------------------------------------------------------------------------------
 BROADCASTER_SUBSCRIBERS = Gauge(
     "telemetry_broadcaster_subscribers", "WebSocket subscribers connected now", multiprocess_mode="livesum"

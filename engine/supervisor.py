@@ -53,9 +53,16 @@ class Child:
         return f"{self.role}-{self.index}" if self.role == "acceptor" else self.role
 
 
+# Taken out of the environment by main(): only the supervisor may speak to systemd
+# (NotifyAccess=main). Children that inherit NOTIFY_SOCKET send their own, premature READY=1
+# (gunicorn's arbiter does; so does a postmaster built --with-systemd), which systemd rejects
+# with a warning in the journal.
+_notify_socket: str | None = None
+
+
 def sd_notify(message: str) -> bool:
     """Send a systemd notification (READY=1, STOPPING=1, STATUS=...) if NOTIFY_SOCKET is set."""
-    addr = os.environ.get("NOTIFY_SOCKET")
+    addr = _notify_socket if _notify_socket is not None else os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return False
     if addr.startswith("@"):  # abstract namespace
@@ -445,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-config", action="store_true", help="validate configuration and exit")
     parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     args = parser.parse_args(argv)
+    global _notify_socket
+    _notify_socket = os.environ.pop("NOTIFY_SOCKET", None) or ""
     try:
         settings = config_mod.load()
     except config_mod.ConfigError as e:

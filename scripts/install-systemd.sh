@@ -51,7 +51,9 @@ fi
 
 # --- PostgreSQL binaries (embedded cluster, or tart-postgresql.service) ---------------------------
 if staged; then
-    initdb=$(bash "$REPO/scripts/ensure-postgres.sh" 2>/dev/null | sed -n 's/^initdb: //p' || true)
+    # Staging installs nothing on this machine: use what is there, else keep the unit's default.
+    initdb=$(command -v initdb || printf '%s\n' /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)
+    [ -x "$initdb" ] || initdb=
     [ -n "$initdb" ] || initdb=/usr/lib/postgresql/16/bin/initdb
 else
     initdb=$(bash "$REPO/scripts/ensure-postgres.sh" | sed -n 's/^initdb: //p')

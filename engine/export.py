@@ -1,0 +1,314 @@
+"""`tart-export`: stream stored events out of PostgreSQL as JSON lines or CSV.
+
+Rows come through a server-side (named) cursor, a few thousand at a time, and are written as they
+arrive: an export of any size runs in constant memory, and a reader of stdout sees the first line
+long before the last row has been fetched. The envelope is the REST one (``/api/events``): id,
+node_id, event_id, event_type, timestamp, data, node_name, node_version, received_at and, for an
+event that failed to decode, decode_error; timestamps are RFC 3339 UTC with ``Z`` and microseconds.
+
+Database: ``--database-url``, else DATABASE_URL / TART_CONFIG as for tart-backend, else tart's
+embedded cluster under TART_DATA_DIR (started for the export and stopped again only if it was not
+already running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import gzip
+import io
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import psycopg
+
+from tart.engine import config as config_mod
+from tart.engine.db import connect
+
+# Column order of the CSV header, and key order of a JSON line.
+EXPORT_FIELDS: tuple[str, ...] = (
+    "id", "node_id", "event_id", "event_type", "timestamp", "data",
+    "node_name", "node_version", "received_at", "decode_error",
+)
+DEFAULT_ITERSIZE = 5000
+TIME_FIELDS = {"timestamp": "e.timestamp", "received_at": "e.created_at"}
+_TABLE = re.compile(r"^events(_\d{8})?$")  # the parent table or one daily partition
+
+# Formatting happens in the server: to_char is cheaper there than datetime objects here, and
+# data::text avoids parsing JSONB into Python objects only to serialise them again.
+_RFC3339 = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'"
+_SELECT = (
+    "SELECT e.id, e.node_id, e.event_id, e.event_type,"
+    f" to_char(e.timestamp AT TIME ZONE 'UTC', {_RFC3339}),"
+    " e.data::text, COALESCE(n.implementation_name, ''), COALESCE(n.implementation_version, ''),"
+    f" to_char(e.created_at AT TIME ZONE 'UTC', {_RFC3339}),"
+    " e.decode_error, {raw}"
+    " FROM {table} e LEFT JOIN nodes n ON n.node_id = e.node_id"
+)
+
+
+class ExportError(Exception):
+    """A usage or database problem; the message is meant for the operator."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which events to export. Times are unix microseconds; ``since`` inclusive, ``until`` exclusive."""
+
+    since_us: int | None = None
+    until_us: int | None = None
+    node_ids: tuple[str, ...] = ()
+    event_types: tuple[int, ...] = ()
+    time_field: str = "timestamp"  # "timestamp" (the event's own time, as REST) or "received_at"
+
+
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_time(value: str) -> int:
+    """RFC 3339 (``Z`` or any offset; a bare date means its midnight UTC) or unix seconds -> unix µs."""
+    v = value.strip()
+    try:
+        return round(float(v) * 1_000_000)
+    except ValueError:
+        pass
+    if v.endswith(("Z", "z")):
+        v = v[:-1] + "+00:00"
+    dt = datetime.fromisoformat(v)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - _UNIX
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def build_query(filters: Filters, table: str = "events", raw: bool = False) -> tuple[str, list[Any]]:
+    """The SELECT for ``filters`` over ``table`` (``events`` or one of its partitions), ordered by id."""
+    if filters.time_field not in TIME_FIELDS:
+        raise ExportError(f"time field must be one of {', '.join(TIME_FIELDS)}")
+    if not _TABLE.match(table):
+        raise ExportError(f"not an events table: {table!r}")
+    column = TIME_FIELDS[filters.time_field]
+    sql = _SELECT.format(table=table, raw="e.raw" if raw else "NULL::bytea")
+    where: list[str] = []
+    args: list[Any] = []
+    if filters.since_us is not None:
+        where.append(f"{column} >= %s")
+        args.append(_UNIX + timedelta(microseconds=filters.since_us))
+    if filters.until_us is not None:
+        where.append(f"{column} < %s")
+        args.append(_UNIX + timedelta(microseconds=filters.until_us))
+    if filters.node_ids:
+        where.append("e.node_id = ANY(%s)")
+        args.append(list(filters.node_ids))
+    if filters.event_types:
+        where.append("e.event_type = ANY(%s::smallint[])")
+        args.append(list(filters.event_types))
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " ORDER BY e.id", args
+
+
+def iter_batches(conn: psycopg.Connection, filters: Filters, table: str = "events", raw: bool = False,
+                 itersize: int = DEFAULT_ITERSIZE) -> Iterator[list[tuple]]:
+    """Rows in lists of at most ``itersize``, fetched through a server-side cursor (needs a
+    connection outside autocommit: the cursor lives in the transaction)."""
+    sql, args = build_query(filters, table, raw)
+    with conn.cursor(name="tart_export") as cur:
+        cur.itersize = itersize
+        cur.execute(sql, args)
+        while True:
+            rows = cur.fetchmany(itersize)
+            if not rows:
+                return
+            yield rows
+
+
+def jsonl_line(row: Sequence[Any]) -> bytes:
+    """One envelope as a JSON line, keys in EXPORT_FIELDS order; decode_error (and raw, as 0x-hex)
+    only when present, as the REST API does."""
+    env: dict[str, Any] = {
+        "id": row[0],
+        "node_id": row[1],
+        "event_id": row[2],
+        "event_type": row[3],
+        "timestamp": row[4],
+        "data": None if row[5] is None else orjson.Fragment(row[5]),
+        "node_name": row[6],
+        "node_version": row[7],
+        "received_at": row[8],
+    }
+    if row[9] is not None:
+        env["decode_error"] = row[9]
+    if len(row) > 10 and row[10] is not None:
+        env["raw"] = "0x" + bytes(row[10]).hex()
+    return orjson.dumps(env) + b"\n"
+
+
+def csv_fields(raw: bool = False) -> list[str]:
+    return [*EXPORT_FIELDS, "raw"] if raw else list(EXPORT_FIELDS)
+
+
+def csv_values(row: Sequence[Any], raw: bool = False) -> list[Any]:
+    """CSV cells: data as JSON text, empty cells for NULL."""
+    values = ["" if v is None else v for v in row[:10]]
+    if raw:
+        values.append("" if row[10] is None else "0x" + bytes(row[10]).hex())
+    return values
+
+
+def write_events(conn: psycopg.Connection, out: IO[bytes], fmt: str = "jsonl",
+                 filters: Filters | None = None, table: str = "events", raw: bool = False,
+                 itersize: int = DEFAULT_ITERSIZE, flush: bool = True) -> int:
+    """Stream matching events into the binary stream ``out``; returns how many were written.
+    With ``flush``, ``out`` is flushed after every batch so that a reader sees progress (turn it
+    off for a gzip stream: each flush ends a deflate block). ``table`` may be one daily
+    partition (``events_YYYYMMDD``): retention archives are written this way, so an archive line
+    is exactly a ``tart-export --raw`` line."""
+    filters = filters or Filters()
+    count = 0
+    if fmt == "jsonl":
+        for rows in iter_batches(conn, filters, table, raw, itersize):
+            out.write(b"".join(jsonl_line(r) for r in rows))
+            if flush:
+                out.flush()
+            count += len(rows)
+    elif fmt == "csv":
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=flush)
+        try:
+            writer = csv.writer(text)
+            writer.writerow(csv_fields(raw))
+            for rows in iter_batches(conn, filters, table, raw, itersize):
+                writer.writerows(csv_values(r, raw) for r in rows)
+                if flush:
+                    text.flush()
+                count += len(rows)
+        finally:
+            text.detach()  # leave ``out`` open for the caller
+    else:
+        raise ExportError(f"unknown format {fmt!r} (jsonl or csv)")
+    if flush:
+        out.flush()
+    return count
+
+
+@contextlib.contextmanager
+def _database(url: str | None) -> Iterator[str]:
+    """The DSN to export from; an embedded cluster this call had to start is stopped afterwards."""
+    if url:
+        yield url
+        return
+    try:
+        settings = config_mod.load()
+    except config_mod.ConfigError as e:
+        raise ExportError(f"invalid configuration: {e}") from None
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from tart.engine.db import resolve_database
+    from tart.engine.pgcluster import EmbeddedCluster
+
+    if not (settings.data_path / "pg" / "PG_VERSION").is_file():
+        raise ExportError(f"no DATABASE_URL and no embedded cluster in {settings.data_path / 'pg'}; "
+                          "pass --database-url or set TART_DATA_DIR")
+    # tart-backend may be running on this cluster: never stop a server this export did not start.
+    was_running = EmbeddedCluster(settings.data_path, bin_dir=settings.pg_bin_dir).running()
+    dsn, cluster = resolve_database(settings)
+    try:
+        yield dsn
+    finally:
+        if cluster is not None and not was_running:
+            cluster.stop()
+
+
+def _csv_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tart-export",
+        description="Stream stored telemetry events as JSON lines or CSV (the REST envelope).")
+    p.add_argument("--since", required=True, help="start, inclusive: RFC 3339 time, date, or unix seconds")
+    p.add_argument("--until", required=True, help="end, exclusive: RFC 3339 time, date, or unix seconds")
+    p.add_argument("--node", action="append", metavar="NODE_ID",
+                   help="only this node (64 hex chars); repeat or comma-separate for several")
+    p.add_argument("--type", action="append", metavar="N",
+                   help="only this event type (number); repeat or comma-separate for several")
+    p.add_argument("--time-field", choices=sorted(TIME_FIELDS), default="timestamp",
+                   help="which time --since/--until apply to: the event's own timestamp (default, as "
+                        "the REST API) or received_at (arrival; matches the daily partitions)")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--raw", action="store_true", help="add the stored wire bytes (0x-hex) where kept")
+    p.add_argument("--database-url", help="PostgreSQL DSN (default: DATABASE_URL, else the embedded cluster)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write here instead of stdout (gzip-compressed if FILE ends in .gz); written "
+                        "to FILE.part and renamed when complete")
+    p.add_argument("--itersize", type=int, default=DEFAULT_ITERSIZE, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        filters = Filters(
+            since_us=parse_time(args.since),
+            until_us=parse_time(args.until),
+            node_ids=tuple(n.lower() for n in _csv_list(args.node)),
+            event_types=tuple(int(t) for t in _csv_list(args.type)),
+            time_field=args.time_field,
+        )
+    except ValueError as e:
+        print(f"tart-export: {e}", file=sys.stderr)
+        return 2
+    if args.itersize <= 0:
+        print("tart-export: --itersize must be > 0", file=sys.stderr)
+        return 2
+    # Behave like other Unix filters in a pipeline (`tart-export ... | head`): die quietly on EPIPE.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        with _database(args.database_url) as dsn:
+            count = _run(dsn, args, filters)
+    except ExportError as e:
+        print(f"tart-export: {e}", file=sys.stderr)
+        return 2
+    except (psycopg.Error, OSError) as e:
+        print(f"tart-export: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if args.output:
+        print(f"tart-export: {count} events -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _run(dsn: str, args: argparse.Namespace, filters: Filters) -> int:
+    with connect(dsn, application_name="tart-export") as conn:
+        # A consistent snapshot, and nothing this session could write by mistake.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        if not args.output:
+            return write_events(conn, sys.stdout.buffer, args.format, filters, raw=args.raw,
+                                itersize=args.itersize)
+        final = Path(args.output)
+        part = final.with_name(final.name + ".part")
+        gz = final.name.endswith(".gz")
+        try:
+            with (gzip.open(part, "wb") if gz else open(part, "wb")) as out:
+                count = write_events(conn, out, args.format, filters, raw=args.raw, itersize=args.itersize,
+                                     flush=not gz)
+            os.replace(part, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+        return count
+
+
+if __name__ == "__main__":
+    sys.exit(main())
