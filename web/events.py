@@ -1,0 +1,84 @@
+"""GET /api/events and GET /api/nodes/{node_id}/events: PostgreSQL history merged with the rings'
+not-yet-committed tail, newest id first, cursor-paged by `before_id`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import falcon
+
+from tart.web import params, store
+from tart.web.params import EventQuery
+from tart.web.ringsource import rest_envelope, select_events
+from tart.web.state import AppState
+
+NAME_CACHE_S = 30.0
+NAME_CACHE_MAX = 10_000
+
+
+async def query_events(state: AppState, q: EventQuery) -> dict[str, Any]:
+    # Ring first, then PostgreSQL: an event committed between the two reads is then in the PG
+    # result (de-duplicated by id below) instead of in neither.
+    ring_hits, ring_names = select_events(state.rings.snapshot_uncommitted(), q)
+    rows = await store.list_events(state.pool, q)
+    if ring_hits:
+        seen = {r["id"] for r in rows}
+        extra = [ev for ev in ring_hits if ev.id not in seen]
+        if extra:
+            names = await _names(state, {ev.peer_id.hex() for ev in extra}, ring_names)
+            rows.extend(rest_envelope(ev, names.get(ev.peer_id.hex(), ("", ""))) for ev in extra)
+            rows.sort(key=lambda r: r["id"], reverse=True)
+    has_more = len(rows) > q.limit
+    events = rows[: q.limit]
+    return {
+        "events": events,
+        "has_more": has_more,
+        "next_before_id": events[-1]["id"] if has_more else None,
+    }
+
+
+async def _names(state: AppState, ids: set[str], ring_names: dict[str, tuple[str, str]]
+                 ) -> dict[str, tuple[str, str]]:
+    """Implementation name/version for ring-only events: PostgreSQL's, else the ring's NODE_UP.
+
+    Under load nearly every request has ring-only events; a per-worker cache saves a query each.
+    """
+    now = time.monotonic()
+    cache = state.node_names
+    out: dict[str, tuple[str, str]] = {}
+    missing = []
+    for nid in ids:
+        hit = cache.get(nid)
+        if hit is not None and now - hit[1] < NAME_CACHE_S:
+            out[nid] = hit[0]
+        else:
+            missing.append(nid)
+    if missing:
+        found = await store.node_names(state.pool, sorted(missing))
+        if len(cache) > NAME_CACHE_MAX:
+            cache.clear()
+        for nid, name in found.items():
+            cache[nid] = (name, now)
+            out[nid] = name
+    for nid in ids:
+        if nid not in out and nid in ring_names:
+            out[nid] = ring_names[nid]
+    return out
+
+
+class EventsResource:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = await query_events(self.state, params.event_query(req))
+
+
+class NodeEventsResource:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def on_get(self, req: falcon.Request, resp: falcon.Response, node_id: str) -> None:
+        nid = params.node_id(node_id)
+        resp.media = await query_events(self.state, params.event_query(req, node=nid))

@@ -1,0 +1,83 @@
+"""Query-string validation shared by the event endpoints; every failure is a 400 with a JSON body."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import falcon
+
+from tart.web.errors import bad_request
+from tart.web.timefmt import parse_time
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+_NODE_ID = re.compile(r"[0-9a-f]{64}")
+_INT = re.compile(r"[+]?[0-9]{1,19}")
+MAX_ID = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    limit: int = DEFAULT_LIMIT
+    event_types: tuple[int, ...] | None = None
+    since_us: int | None = None   # inclusive, unix µs of the event timestamp
+    until_us: int | None = None   # exclusive
+    before_id: int | None = None
+    node_id: str | None = None
+
+
+def node_id(raw: str) -> str:
+    nid = raw.strip().lower()
+    if not _NODE_ID.fullmatch(nid):
+        raise bad_request(f"node_id must be 64 hexadecimal characters, got {raw[:80]!r}")
+    return nid
+
+
+def _single(req: falcon.Request, name: str) -> str | None:
+    values = req.get_param_as_list(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise bad_request(f"{name} given more than once")
+    return values[0]
+
+
+def _int(name: str, raw: str, lo: int, hi: int) -> int:
+    if not _INT.fullmatch(raw.strip()):
+        raise bad_request(f"{name} must be an integer between {lo} and {hi}, got {raw[:40]!r}")
+    v = int(raw)
+    if not lo <= v <= hi:
+        raise bad_request(f"{name} must be an integer between {lo} and {hi}, got {v}")
+    return v
+
+
+def _time(name: str, raw: str) -> int:
+    try:
+        return parse_time(raw)
+    except (ValueError, OverflowError):
+        raise bad_request(f"{name} must be RFC 3339 or unix seconds, got {raw[:60]!r}") from None
+
+
+def event_query(req: falcon.Request, node: str | None = None) -> EventQuery:
+    raw = _single(req, "limit")
+    limit = DEFAULT_LIMIT if raw is None else _int("limit", raw, 1, MAX_LIMIT)
+    types: tuple[int, ...] | None = None
+    values = req.get_param_as_list("event_type")
+    if values:
+        parts = [p for v in values for p in v.split(",") if p.strip()]
+        if not parts or len(parts) > 256:
+            raise bad_request("event_type must list 1 to 256 integers 0..255")
+        types = tuple(sorted({_int("event_type", p, 0, 255) for p in parts}))
+    since = _single(req, "since")
+    until = _single(req, "until")
+    before = _single(req, "before_id")
+    q = EventQuery(
+        limit=limit,
+        event_types=types,
+        since_us=_time("since", since) if since is not None else None,
+        until_us=_time("until", until) if until is not None else None,
+        before_id=_int("before_id", before, 1, MAX_ID) if before is not None else None,
+        node_id=node,
+    )
+    return q
