@@ -70,6 +70,10 @@ for _reason in ("too_large", "shutdown"):
     EVENTS_DROPPED.labels(reason=_reason)
 for _kind in ("rejected_row", "bad_record"):
     DB_WRITE_ERRORS.labels(kind=_kind)
+for _kind in ("unknown_type", "truncated", "trailing", "bad_string", "bad_enum", "bad_bool", "bad_length", "other"):
+    DECODE_ERRORS.labels(kind=_kind)
+for _kind in ("oversize", "bad_node_info", "internal"):
+    FRAME_ERRORS.labels(kind=_kind)
 
 # --- web -----------------------------------------------------------------------------------
 BROADCASTER_SUBSCRIBERS = Gauge(
