@@ -24,7 +24,6 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +32,7 @@ import psycopg
 
 from tart.engine import config as config_mod
 from tart.engine.db import connect
+from tart.engine.timefmt import parse_time, unix_us_to_dt
 
 # Column order of the CSV header, and key order of a JSON line.
 EXPORT_FIELDS: tuple[str, ...] = (
@@ -71,23 +71,6 @@ class Filters:
     time_field: str = "timestamp"  # "timestamp" (the event's own time, as REST) or "received_at"
 
 
-_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def parse_time(value: str) -> int:
-    """RFC 3339 (``Z`` or any offset; a bare date means its midnight UTC) or unix seconds -> unix µs."""
-    v = value.strip()
-    try:
-        return round(float(v) * 1_000_000)
-    except ValueError:
-        pass
-    if v.endswith(("Z", "z")):
-        v = v[:-1] + "+00:00"
-    dt = datetime.fromisoformat(v)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    delta = dt - _UNIX
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def build_query(filters: Filters, table: str = "events", raw: bool = False) -> tuple[str, list[Any]]:
@@ -102,10 +85,10 @@ def build_query(filters: Filters, table: str = "events", raw: bool = False) -> t
     args: list[Any] = []
     if filters.since_us is not None:
         where.append(f"{column} >= %s")
-        args.append(_UNIX + timedelta(microseconds=filters.since_us))
+        args.append(unix_us_to_dt(filters.since_us))
     if filters.until_us is not None:
         where.append(f"{column} < %s")
-        args.append(_UNIX + timedelta(microseconds=filters.until_us))
+        args.append(unix_us_to_dt(filters.until_us))
     if filters.node_ids:
         where.append("e.node_id = ANY(%s)")
         args.append(list(filters.node_ids))

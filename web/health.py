@@ -10,9 +10,9 @@ from typing import Any
 import falcon
 import orjson
 
+from tart.engine.timefmt import fmt_unix_us, now_str
 from tart.web import store
 from tart.web.state import SERVICE, VERSION, AppState
-from tart.web.timefmt import fmt_unix_us, now_str
 
 WRITER_HEALTH_FILE = "writer.health"
 # The writer rewrites its health file about once a second.

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import falcon
 
+from tart.engine.timefmt import parse_time
 from tart.web.errors import bad_request
-from tart.web.timefmt import parse_time
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000

@@ -21,8 +21,8 @@ from tart.engine.record import (
     unpack_event,
     unpack_node_up,
 )
+from tart.engine.timefmt import fmt_unix_us, jce_to_unix_us
 from tart.web.params import EventQuery
-from tart.web.timefmt import fmt_unix_us, jce_to_unix_us
 
 log = logging.getLogger("tart.web.rings")
 

@@ -12,8 +12,8 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from tart.engine.db import utc_conninfo
+from tart.engine.timefmt import fmt_dt, now_str, unix_us_to_dt
 from tart.web.params import EventQuery
-from tart.web.timefmt import fmt_dt, now_str, unix_us_to_dt
 
 # How long a request waits for a pooled connection before it is answered 503 (PostgreSQL away or
 # every connection busy).

@@ -15,10 +15,10 @@ import orjson
 
 from tart.engine import metrics
 from tart.engine.record import EVENT_HEADER, FLAG_MALFORMED
+from tart.engine.timefmt import fmt_unix_us, now_str
 from tart.web.broadcaster import ALL, EventItem, Filter, Subscriber
 from tart.web.media import dumps
 from tart.web.state import AppState
-from tart.web.timefmt import fmt_unix_us, now_str
 
 log = logging.getLogger("tart.web.ws")
 

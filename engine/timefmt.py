@@ -1,4 +1,5 @@
-"""RFC 3339 strings as tart emits them: UTC, `Z`, always six fractional digits."""
+"""Time in tart: RFC 3339 strings as tart emits them (UTC, `Z`, six fractional digits), and parsing of
+the times users give (REST `since`/`until`, `tart-export --since/--until`)."""
 
 from __future__ import annotations
 
