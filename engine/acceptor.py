@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from tart.engine import metrics as m
+from tart.engine import reload
 from tart.engine.codec import DecodeError, decode_event, decode_node_info
 from tart.engine.config import Settings
 from tart.engine.framing import FrameSplitter
@@ -48,12 +49,15 @@ from tart.engine.record import (
     KIND_EVENT,
     pack_node_down,
     pack_node_up,
+    pack_ring_reset,
 )
 
 log = logging.getLogger("tart.acceptor")
 
 RETRY_FLUSH_S = 0.002  # ring full: how soon to try again
 HOUSEKEEPING_S = 1.0  # heartbeat, idle sweep, metric push
+# What SIGHUP changes in a running acceptor; the rest needs a restart (tart.engine.reload).
+LIVE_OPTIONS = ("rate_limit", "idle_timeout", "max_connections", "max_frame", "log_level")
 PENDING_SOFT_CAP = 50_000  # records: beyond this, pause reading even before the ring refuses
 SHUTDOWN_FLUSH_S = 3.0  # the supervisor allows an acceptor 4 s to stop
 
@@ -119,7 +123,9 @@ class Acceptor:
         self.settings = settings
         self.limit = limit
         self.loop = loop
-        self.pending: list[bytes] = []
+        # First record of every acceptor incarnation: connections announced by a predecessor that
+        # died (kill -9) never sent NODE_DOWN; the writer marks them gone when it reads this.
+        self.pending: list[bytes] = [pack_ring_reset(at=_now_us(), reset_id=ring.next_id())]
         self.conns: set[NodeConnection] = set()
         self.paused = False
         self.resume_turn = 0
@@ -179,6 +185,27 @@ class Acceptor:
             conn.resume(now)
         if self.pending:
             self.schedule_flush()
+
+    # --- configuration ---------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: adopt the live options of the configuration as it is now. Open connections
+        stay open; their token buckets, frame limits and idle deadlines follow the new values."""
+        got = reload.reread(self.settings, LIVE_OPTIONS, f"acceptor-{self.index}", log)
+        if got is None:
+            return
+        self.settings, changes = got
+        s = self.settings
+        if "rate_limit" in changes:
+            now = self.loop.time()
+            for conn in self.conns:
+                conn.set_rate(s.rate_limit, now)
+        if "max_frame" in changes:
+            for conn in self.conns:
+                conn.splitter.max_frame = s.max_frame
+        if "max_connections" in changes:
+            # Connections already over a lowered limit stay; new ones wait for room.
+            self.limit.limit = s.max_connections
+        log.info("configuration reloaded", extra={"changed": reload.describe(changes)})
 
     # --- periodic --------------------------------------------------------------------------
     def housekeeping(self) -> None:
@@ -305,6 +332,15 @@ class NodeConnection(asyncio.Protocol):
             acc.ring.counters.add("node_down")
             log.info("node disconnected", extra={"node_id": self.node_id, "addr": self.address, "reason": reason,
                                                  "events": self.events})
+
+    def set_rate(self, rate: int, now: float) -> None:
+        """Rate limit changed by a reload; 0 turns it off for this connection too."""
+        if rate <= 0:
+            self.bucket = None
+        elif self.bucket is None:
+            self.bucket = TokenBucket(rate, now)
+        else:
+            self.bucket.set_rate(rate, now)
 
     # --- flow control --------------------------------------------------------------------------
     def pause(self) -> None:
@@ -458,10 +494,15 @@ class NodeConnection(asyncio.Protocol):
 
 
 async def serve(index: int, listen_sock: socket.socket, ring: Any, settings: Settings,
-                stop: asyncio.Event, limit: ConnectionLimit) -> None:
-    """Accept and serve until `stop` is set, then shut down gracefully."""
+                stop: asyncio.Event, limit: ConnectionLimit, hup_early: list[int] | None = None) -> None:
+    """Accept and serve until `stop` is set, then shut down gracefully. SIGHUP reloads the
+    configuration (`hup_early`: SIGHUPs that arrived before the loop could take them)."""
     loop = asyncio.get_running_loop()
     acc = Acceptor(index, ring, settings, limit, loop)
+    acc.schedule_flush()  # the RING_RESET record goes out even if no node ever connects
+    loop.add_signal_handler(signal.SIGHUP, acc.reload)
+    if hup_early:
+        acc.reload()
     server = await loop.create_server(lambda: NodeConnection(acc), sock=listen_sock)
 
     async def tick() -> None:
@@ -511,6 +552,9 @@ async def _shutdown(acc: Acceptor, server: asyncio.AbstractServer) -> None:
 
 def run_acceptor(index: int, listen_sock: socket.socket, ring_name: str, settings: Settings) -> None:
     """Entry point of an acceptor process (the supervisor calls it in a forked child)."""
+    # Until the event loop handles SIGHUP, remember one: its default action would kill us.
+    hup_early: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: hup_early.append(signum))
     import uvloop
 
     from tart.engine.ring import Ring
@@ -523,7 +567,7 @@ def run_acceptor(index: int, listen_sock: socket.socket, ring_name: str, setting
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        loop.run_until_complete(serve(index, listen_sock, ring, settings, stop, limit))
+        loop.run_until_complete(serve(index, listen_sock, ring, settings, stop, limit, hup_early))
     finally:
         limit.close()
         try:

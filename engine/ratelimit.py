@@ -43,6 +43,17 @@ class TokenBucket:
         self.tokens -= granted
         return granted
 
+    def set_rate(self, rate: float, now: float) -> None:
+        """Adopt a new rate (configuration reload): time so far is credited at the old rate,
+        the burst follows the new rate, and saved tokens never exceed the new burst."""
+        if rate <= 0:
+            raise ValueError("rate must be > 0 (drop the bucket to turn the limit off)")
+        self.take(0, now)
+        self.rate = float(rate)
+        self.burst = 2 * self.rate
+        if self.tokens > self.burst:
+            self.tokens = self.burst
+
 
 class ConnectionLimit:
     """TART_MAX_CONNECTIONS across all acceptor processes.
