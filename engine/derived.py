@@ -26,7 +26,13 @@ import orjson
 import psycopg
 
 from tart.engine.copyfmt import escape_nul_json
-from tart.engine.record import unpack_node_down, unpack_node_up
+from tart.engine.record import (
+    KIND_NODE_DOWN,
+    KIND_NODE_UP,
+    unpack_node_down,
+    unpack_node_up,
+    unpack_ring_reset,
+)
 
 DERIVED_TYPES = frozenset((10, 11, 12, 13, 40, 42, 43, 47))
 HOUR_US = 3_600_000_000
@@ -194,9 +200,12 @@ ON CONFLICT (slot) DO UPDATE SET
     last_seen = greatest(b.last_seen, excluded.last_seen)
 """
 
+# The counts statements carry an array element per (node, type, hour): sent in binary (%b), since
+# text arrays cost the client and the server ~8 us per element to print and parse, more than
+# the upsert itself. (Never empty and never NULL: binary dumping cannot type an empty list.)
 HOURLY_SQL = """
 INSERT INTO event_stats_hourly AS h (hour, node_id, event_type, event_count)
-SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::int2[], %s::int8[])
+SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::int2[], %b::int8[])
 ON CONFLICT (hour, node_id, event_type) DO UPDATE SET event_count = h.event_count + excluded.event_count
 """
 
@@ -204,15 +213,15 @@ ON CONFLICT (hour, node_id, event_type) DO UPDATE SET event_count = h.event_coun
 # still count: the row is created, not connected.
 NODE_COUNTS_SQL = """
 INSERT INTO nodes AS n (node_id, peer_id, connected_at, last_seen_at, event_count)
-SELECT id, id, seen, seen, cnt FROM unnest(%s::text[], %s::timestamptz[], %s::int8[]) AS t(id, seen, cnt)
+SELECT id, id, seen, seen, cnt FROM unnest(%b::text[], %b::timestamptz[], %b::int8[]) AS t(id, seen, cnt)
 ON CONFLICT (node_id) DO UPDATE SET
     event_count = n.event_count + excluded.event_count,
     last_seen_at = greatest(n.last_seen_at, excluded.last_seen_at)
 """
 
 # A reconnecting node keeps its row and event_count. A NODE_UP older than the row's connection
-# (the node already reconnected through another acceptor, whose ring was drained first) only
-# counts the connection.
+# (the node already reconnected through another acceptor, whose ring was drained first) does not
+# overwrite the newer connection's details; either way the node has a live connection now.
 NODE_UP_SQL = """
 INSERT INTO nodes AS n (node_id, peer_id, implementation_name, implementation_version, gp_version,
     node_info, address, connected_at, last_seen_at, disconnected_at, is_connected, connection_count)
@@ -229,17 +238,46 @@ ON CONFLICT (node_id) DO UPDATE SET
     node_info = CASE WHEN excluded.connected_at >= n.connected_at
         THEN excluded.node_info ELSE n.node_info END,
     address = CASE WHEN excluded.connected_at >= n.connected_at THEN excluded.address ELSE n.address END,
-    is_connected = CASE WHEN excluded.connected_at >= n.connected_at THEN true ELSE n.is_connected END,
-    disconnected_at = CASE WHEN excluded.connected_at >= n.connected_at
-        THEN NULL ELSE n.disconnected_at END,
+    is_connected = true,
+    disconnected_at = NULL,
     connected_at = greatest(n.connected_at, excluded.connected_at),
     last_seen_at = greatest(n.last_seen_at, excluded.last_seen_at)
 """
 
 NODE_DOWN_SQL = """
-UPDATE nodes SET is_connected = false, disconnected_at = %(at)s,
-    last_seen_at = greatest(last_seen_at, %(at)s)
-WHERE node_id = %(id)s AND connected_at = %(connected_at)s
+WITH gone AS (DELETE FROM node_connections WHERE conn_id = %(conn_id)s)
+UPDATE nodes AS n SET
+    is_connected = live.still,
+    disconnected_at = CASE WHEN live.still THEN n.disconnected_at ELSE %(at)s END,
+    last_seen_at = greatest(n.last_seen_at, %(at)s)
+FROM (SELECT EXISTS (SELECT 1 FROM node_connections c
+                     WHERE c.node_id = %(id)s AND c.conn_id <> %(conn_id)s) AS still) AS live
+WHERE n.node_id = %(id)s
+"""
+
+# Every connection announced on the reset ring before the reset is gone (the acceptor that owned
+# them died). The DELETE's rows are not visible to the UPDATE's subquery (one snapshot), hence the
+# repeated condition.
+RING_RESET_SQL = """
+WITH gone AS (
+    DELETE FROM node_connections WHERE (conn_id & 63) = %(ring)s AND conn_id < %(reset_id)s
+    RETURNING node_id)
+UPDATE nodes AS n SET
+    is_connected = EXISTS (SELECT 1 FROM node_connections c WHERE c.node_id = n.node_id
+                           AND NOT ((c.conn_id & 63) = %(ring)s AND c.conn_id < %(reset_id)s)),
+    disconnected_at = %(at)s
+WHERE n.node_id IN (SELECT node_id FROM gone)
+"""
+
+CONNECTION_UP_SQL = """
+INSERT INTO node_connections (conn_id, node_id, connected_at, address)
+VALUES (%(conn_id)s, %(id)s, %(at)s, %(address)s) ON CONFLICT (conn_id) DO NOTHING
+"""
+
+# At tart start no connection can be alive: whatever the last run left is closed.
+RESET_ALL_CONNECTIONS_SQL = """
+WITH gone AS (DELETE FROM node_connections)
+UPDATE nodes SET is_connected = false, disconnected_at = last_seen_at WHERE is_connected
 """
 
 
@@ -261,23 +299,35 @@ def node_up_params(rec: bytes) -> dict[str, Any]:
         "info": escape_nul_json(orjson.dumps(node_info if isinstance(node_info, dict) else {})).decode(),
         "address": _text(info.get("address")) or None,
         "at": us_to_dt(r.connected_at),
+        "conn_id": r.conn_id,
     }
 
 
 def node_down_params(rec: bytes) -> dict[str, Any]:
     r = unpack_node_down(rec)
-    return {"id": r.peer_id.hex(), "at": us_to_dt(r.disconnected_at), "connected_at": us_to_dt(r.connected_at)}
+    return {"id": r.peer_id.hex(), "at": us_to_dt(r.disconnected_at), "connected_at": us_to_dt(r.connected_at),
+            "conn_id": r.conn_id}
+
+
+def ring_reset_params(rec: bytes) -> dict[str, Any]:
+    r = unpack_ring_reset(rec)
+    return {"ring": r.reset_id & 63, "reset_id": r.reset_id, "at": us_to_dt(r.at)}
+
+
+_NODE_OP_SQL = {KIND_NODE_UP: (NODE_UP_SQL, CONNECTION_UP_SQL), KIND_NODE_DOWN: (NODE_DOWN_SQL,)}
 
 
 def apply_node_ops(cur: psycopg.Cursor, ops: list[tuple[int, dict[str, Any]]]) -> None:
-    """NODE_UP / NODE_DOWN in ring order (kind 2 / 3, params)."""
+    """NODE_UP / NODE_DOWN / RING_RESET in ring order (record kind, params)."""
     i = 0
     while i < len(ops):
         kind = ops[i][0]
         j = i
         while j < len(ops) and ops[j][0] == kind:
             j += 1
-        cur.executemany(NODE_UP_SQL if kind == 2 else NODE_DOWN_SQL, [p for _, p in ops[i:j]])
+        params = [p for _, p in ops[i:j]]
+        for sql in _NODE_OP_SQL.get(kind, (RING_RESET_SQL,)):
+            cur.executemany(sql, params)
         i = j
 
 

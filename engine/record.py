@@ -24,6 +24,14 @@ NODE_DOWN (``KIND_NODE_DOWN`` = 3), ``struct "<BxxxxxxxQQ32sQQ"``, nothing after
     pack_node_down(*, disconnected_at, conn_id, peer_id, connected_at, events) -> bytes
     unpack_node_down(buf) -> NodeDownRecord(disconnected_at, conn_id, peer_id, connected_at, events)
 
+RING_RESET (``KIND_RING_RESET`` = 4), ``struct "<BxxxxxxxQQ"``: the first record a (re)started
+acceptor writes. Every connection its ring announced before it is gone (the previous producer
+died without writing their NODE_DOWN); ``reset_id`` is a fresh ``Ring.next_id()``, so its low 6 bits
+name the ring and every earlier conn_id of that ring is smaller::
+
+    pack_ring_reset(*, at, reset_id) -> bytes
+    unpack_ring_reset(buf) -> RingResetRecord(at, reset_id)
+
 ``record_kind(buf)`` returns the first byte. Unpackers accept bytes, bytearray or memoryview,
 return ``bytes`` fields (copies), and raise ``ValueError`` on a wrong kind or a short buffer.
 """
@@ -36,6 +44,7 @@ from typing import NamedTuple
 KIND_EVENT = 1
 KIND_NODE_UP = 2
 KIND_NODE_DOWN = 3
+KIND_RING_RESET = 4
 
 FLAG_MALFORMED = 1
 FLAG_HAS_NUL = 2
@@ -43,6 +52,7 @@ FLAG_HAS_NUL = 2
 EVENT_HEADER = struct.Struct("<BBBxIQQQQ32s")
 NODE_UP_HEADER = struct.Struct("<BxxxxxxxQQ32s")
 NODE_DOWN_RECORD = struct.Struct("<BxxxxxxxQQ32sQQ")
+RING_RESET_RECORD = struct.Struct("<BxxxxxxxQQ")
 
 PEER_ID_LEN = 32
 
@@ -159,3 +169,21 @@ def unpack_node_down(buf: bytes | bytearray | memoryview) -> NodeDownRecord:
     if kind != KIND_NODE_DOWN:
         raise ValueError(f"not a NODE_DOWN record (kind {kind})")
     return NodeDownRecord(disconnected_at, conn_id, peer_id, connected_at, events)
+
+
+class RingResetRecord(NamedTuple):
+    at: int
+    reset_id: int
+
+
+def pack_ring_reset(*, at: int, reset_id: int) -> bytes:
+    return RING_RESET_RECORD.pack(KIND_RING_RESET, at, reset_id)
+
+
+def unpack_ring_reset(buf: bytes | bytearray | memoryview) -> RingResetRecord:
+    if len(buf) != RING_RESET_RECORD.size:
+        raise ValueError(f"RING_RESET record must be {RING_RESET_RECORD.size} bytes, got {len(buf)}")
+    kind, at, reset_id = RING_RESET_RECORD.unpack(buf)
+    if kind != KIND_RING_RESET:
+        raise ValueError(f"not a RING_RESET record (kind {kind})")
+    return RingResetRecord(at, reset_id)

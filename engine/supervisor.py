@@ -164,9 +164,11 @@ class Supervisor:
         self.dsn, self.cluster = resolve_database(s)
         applied = migrate(self.dsn)
         from tart.engine.db import connect
+        from tart.engine.derived import RESET_ALL_CONNECTIONS_SQL
 
         with connect(self.dsn) as conn:
             ensure_partitions(conn)
+            conn.execute(RESET_ALL_CONNECTIONS_SQL)
             conn.commit()
         log.info("database ready", extra={"embedded": self.cluster is not None, "migrations_applied": len(applied)})
 

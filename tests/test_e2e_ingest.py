@@ -292,6 +292,37 @@ def test_kill_9_acceptor_and_writer_are_restarted_without_loss(tart):
     with psycopg.connect(tart.dsn) as c:
         for _node_id, n, hi in c.execute("SELECT node_id, count(*), max(event_id) FROM events GROUP BY 1"):
             assert hi == n - 1, "stored events of every node form a gap-free prefix"
+    # The killed acceptor never said goodbye for its connections; its successor's RING_RESET did.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        _, body = tart.get("/api/nodes")
+        if not any(n["is_connected"] for n in body["nodes"]):
+            break
+        time.sleep(0.3)
+    assert [n["node_id"] for n in body["nodes"] if n["is_connected"]] == []
+
+
+def test_same_node_twice_stays_connected_until_both_connections_close(tart):
+    hello, node_id = node_hello(9)
+    first = socket.create_connection(tart.telemetry)
+    first.sendall(hello + best_block(1, 1))
+    second = socket.create_connection(tart.telemetry)
+    second.sendall(hello + best_block(2, 2))
+    wait_rows(tart.dsn, 2)
+    second.close()
+
+    def connected() -> bool:
+        return tart.get(f"/api/nodes/{node_id}")[1]["is_connected"]
+
+    time.sleep(1.5)  # the second connection's NODE_DOWN has been written by now
+    first.sendall(best_block(3, 3))
+    wait_rows(tart.dsn, 3)
+    assert connected() is True
+    first.close()
+    deadline = time.monotonic() + 10
+    while connected() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert connected() is False
 
 
 def test_sigterm_under_load_stores_every_accepted_event(tmp_path, fresh_db):

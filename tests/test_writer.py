@@ -76,15 +76,19 @@ class Producer:
         return pack_event(flags=flags, event_type=event_type, id=id_, received_at=ra, timestamp=ts,
                           event_id=eid, peer_id=peer(node), json=json, raw=raw), id_
 
+    def conn_id(self, connected_at: int) -> int:
+        # Unique per connection with the ring index in the low 6 bits, like Ring.next_id().
+        return (connected_at << 6) | self.ring.ring_index
+
     def node_up(self, node: int, connected_at: int, name: str = "impl") -> bytes:
         self.eids[node] = 0
         info = {"node_info": {"name": name}, "address": "127.0.0.1:5000", "implementation_name": name,
                 "implementation_version": "1.0", "gp_version": "0.7.0"}
-        return pack_node_up(connected_at=connected_at, conn_id=node, peer_id=peer(node),
+        return pack_node_up(connected_at=connected_at, conn_id=self.conn_id(connected_at), peer_id=peer(node),
                             info_json=orjson.dumps(info))
 
     def node_down(self, node: int, connected_at: int, events: int) -> bytes:
-        return pack_node_down(disconnected_at=now_us(), conn_id=node, peer_id=peer(node),
+        return pack_node_down(disconnected_at=now_us(), conn_id=self.conn_id(connected_at), peer_id=peer(node),
                               connected_at=connected_at, events=events)
 
 
@@ -395,8 +399,10 @@ def test_retention_archives_and_drops_old_partitions(fresh_db, data_dir):
         assert apply_retention(c, 0, str(archive), now=now) == []
     lines = [orjson.loads(x) for x in gzip.open(archive / "events_20261121.jsonl.gz").read().splitlines()]
     assert lines == [{"id": 5, "node_id": hexid(1), "event_id": 0, "event_type": 11,
-                      "timestamp": "2026-11-26T12:00:00Z", "created_at": "2026-11-21T12:00:00Z",
-                      "data": {"T": {"d": 5}}, "decode_error": "err", "raw": "0102"}]
+                      # the tart-export --raw envelope (the node has no row: empty name/version)
+                      "timestamp": "2026-11-26T12:00:00.000000Z", "data": {"T": {"d": 5}},
+                      "node_name": "", "node_version": "", "received_at": "2026-11-21T12:00:00.000000Z",
+                      "decode_error": "err", "raw": "0x0102"}]
     assert sorted(p.name for p in archive.iterdir()) == ["events_20261121.jsonl.gz", "events_20261122.jsonl.gz"]
 
 
