@@ -27,7 +27,12 @@ fi
 # Installing is a no-op when nothing changed; pyproject.toml is the single source of dependencies.
 stamp=.venv/.tart-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: installing tart and its dependencies into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v -i '^WARNING' || true
+    if ! .venv/bin/python -m pip install -q -e '.[test]' > .venv/pip-install.log 2>&1; then
+        cat .venv/pip-install.log >&2
+        echo "bootstrap: pip install failed (log above, also in .venv/pip-install.log)" >&2
+        exit 1
+    fi
     .venv/bin/python -c 'import tart.engine, tart.web, tart.dash' && touch "$stamp"
 fi
