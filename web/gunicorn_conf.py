@@ -14,6 +14,20 @@ from tart.engine.config import load as _load_settings
 _settings = _load_settings()
 
 loglevel = _settings.log_level
+# gunicorn's own lines in tart's one-line key=value format, like every other tart process.
+_level = _settings.log_level.upper()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": _level, "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": _level, "handlers": [], "propagate": True},
+        # One line per request is noise at any level; request counts and latency are in /metrics.
+        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "kv", "stream": "ext://sys.stderr"}},
+    "formatters": {"kv": {"()": "tart.engine.logs.KeyValueFormatter", "role": "web"}},
+}
 accesslog = None  # request counts and latency are in /metrics; an access line per request is noise
 errorlog = "-"
 graceful_timeout = 10
