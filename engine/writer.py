@@ -38,6 +38,7 @@ import random
 import re
 import signal
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -60,13 +61,20 @@ MAINTENANCE_INTERVAL = 3600.0
 HEALTH_INTERVAL = 1.0
 READ_MAX_BYTES = 16 << 20
 IDLE_SLEEP = 0.002
-LATENCY_SAMPLES = 32
+# The database thread sends a batch's COPY data in 128 KiB pieces and needs the GIL back after
+# each one; with the default 5 ms switch interval the main thread's encoding kept it waiting
+# while PostgreSQL sat idle (half the database thread's time at 64 nodes x 1000 events/s).
+GIL_SWITCH_INTERVAL_S = 0.0005
+LOCK_WAIT_S = 10.0  # how long a previous session may hold the rings' lock (Writer._lock_rings)
+# Every LATENCY_EVERY-th event of a batch is observed: a fixed number per batch would weigh a
+# 50-event batch like a 10k-event one and hide the slow (big) batches from the percentiles.
+LATENCY_EVERY = 16
 # Seconds between two updates of a node's nodes.event_count / event_stats_hourly rows: at least
 # COUNTS_FLUSH, and with many busy nodes longer, so that about COUNTS_NODES_PER_S nodes' rows are
 # written per second, up to COUNTS_FLUSH_MAX (see Writer._take_counts).
 COUNTS_FLUSH = 1.0
-COUNTS_FLUSH_MAX = 5.0
-COUNTS_NODES_PER_S = 200
+COUNTS_FLUSH_MAX = 10.0
+COUNTS_NODES_PER_S = 100
 DAY_US = 86_400_000_000
 HOUR_US = derived.HOUR_US
 # What SIGHUP changes in a running writer; the rest needs a restart (tart.engine.reload).
@@ -194,7 +202,8 @@ class Writer:
         self.pending_counts: dict[bytes, list] = {}
         self.counts_last = time.monotonic()
         self.counts_credit = 0.0  # nodes owed a flush by the even spread (see _take_counts)
-        self.counts_known: set[bytes] = set()  # nodes whose counts this process has flushed
+        self.counts_flushed: dict[bytes, float] = {}  # node -> monotonic time of its last flush
+        self.counts_next_due = float("inf")  # when the oldest pending counts are due
         self.health_lock = threading.Lock()
 
     # --- connection ------------------------------------------------------------------------
@@ -219,13 +228,21 @@ class Writer:
         The server process of the previous session (a writer killed with -9, or a connection
         that broke) may still be finishing a COMMIT that this session cannot see yet; reading
         ring_cursors then would resume before that batch and store it twice. That process keeps
-        the lock until it has finished and noticed its client is gone."""
+        the lock until it has finished and noticed its client is gone; one that does not notice
+        (a half-open TCP connection to a remote server) is terminated after LOCK_WAIT_S, which
+        is safe: a COMMIT in progress completes or not before the process exits."""
         t0 = time.monotonic()
-        warned = False
         while not conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,)).fetchone()[0]:
-            if not warned and time.monotonic() - t0 > 5:
-                log.warning("waiting for the previous writer session of these rings to end")
-                warned = True
+            if time.monotonic() - t0 > LOCK_WAIT_S:
+                hi, lo = (self.lock_key >> 32) & 0xFFFFFFFF, self.lock_key & 0xFFFFFFFF
+                pids = [r[0] for r in conn.execute(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                    " AND classid = %s::int8::oid AND objid = %s::int8::oid AND pid <> pg_backend_pid()", (hi, lo))]
+                log.warning("previous writer session still holds the rings' lock: terminating it",
+                            extra={"pids": ",".join(map(str, pids))})
+                for pid in pids:
+                    conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+                t0 = time.monotonic()
             time.sleep(0.05)
 
     def _close(self) -> None:
@@ -316,6 +333,11 @@ class Writer:
             if not got:
                 if stopping and not batch.records and all(s.reader.pending() == 0 for s in self.sources):
                     break
+                if (not batch.records and time.monotonic() >= self.counts_next_due and not self.db_busy
+                        and self.todo.empty()):
+                    self.counts_next_due = float("inf")  # the database thread sets the next one
+                    self._submit(Batch())  # counts only: the rows were committed already
+                    continue
                 self._write_health()
                 time.sleep(IDLE_SLEEP)
         self.todo.put(None)
@@ -399,13 +421,14 @@ class Writer:
         (``down``: node ids of this batch's NODE_DOWN records) is flushed with its NODE_DOWN."""
         pend = self.pending_counts
         now = time.monotonic()
-        known, new = self.counts_known, []
+        period = min(COUNTS_FLUSH_MAX, max(COUNTS_FLUSH, len(pend) / COUNTS_NODES_PER_S))
+        flushed, urgent = self.counts_flushed, []
         for (node, etype, hour), n in batch.stats.items():
             p = pend.get(node)
             if p is None:
                 p = pend[node] = [{}, 0, now]  # counts by (type, hour), last seen, dirty since
-                if node not in known:
-                    new.append(node)
+                if now - flushed.get(node, -1e9) >= period:
+                    urgent.append(node)  # quiet for a period (or new): its count shows at once
             c = p[0]
             k = (etype, hour)
             c[k] = c.get(k, 0) + n
@@ -417,7 +440,6 @@ class Writer:
         if force:
             take = list(pend)
         else:
-            period = min(COUNTS_FLUSH_MAX, max(COUNTS_FLUSH, len(pend) / COUNTS_NODES_PER_S))
             # Dict order is the order nodes became dirty: the front is the oldest.
             self.counts_credit += len(pend) * (now - self.counts_last) / period
             quota = int(self.counts_credit)
@@ -427,15 +449,13 @@ class Writer:
                     break
                 take.append(node)
             self.counts_credit = max(0.0, self.counts_credit - len(take))
-            # A node new to this writer shows its count at once (after a restart, too).
             taken = set(take)
-            for n in (*new, *down):
+            for n in (*urgent, *down):
                 if n in pend and n not in taken:
                     taken.add(n)
                     take.append(n)
-        if len(known) > 100_000:
-            known.clear()
-        known.update(take)
+        if len(flushed) > 100_000:
+            flushed.clear()
         self.counts_last = now
         stats: dict[tuple[bytes, int, int], int] = {}
         last: dict[bytes, int] = {}
@@ -444,7 +464,10 @@ class Writer:
             for (etype, hour), n in counts.items():
                 stats[(node, etype, hour)] = n
             last[node] = seen
+            flushed[node] = now
         batch.counts = (stats, last)
+        # When the main loop has nothing else to write, it sends a counts-only batch by then.
+        self.counts_next_due = next(iter(pend.values()))[2] + period if pend else float("inf")
 
     def _flush_counts(self) -> None:
         if not self.pending_counts:
@@ -459,6 +482,8 @@ class Writer:
             # A disconnect shows the node's final count: its counts go with its NODE_DOWN.
             down = frozenset(p["id"].encode() for kind, p in batch.node_ops if kind == KIND_NODE_DOWN)
             self._take_counts(batch, down=down)
+            if not (batch.records or batch.counts[0]):
+                return  # a counts-only batch that found nothing due
         while True:
             conn = self._connect()
             try:
@@ -490,11 +515,10 @@ class Writer:
         metrics.EVENTS_WRITTEN.inc(len(batch.rows))
         recs = batch.ev_recs
         if recs:
-            # receipt-to-commit latency, sampled evenly over the batch
+            # receipt-to-commit latency, sampled in proportion to the events
             now_us = time.time_ns() // 1000
-            step = max(1, len(recs) // LATENCY_SAMPLES)
             observe, unpack = metrics.INGEST_LATENCY.observe, copyfmt.unpack_header
-            for i in range(0, len(recs), step):
+            for i in range(len(recs) % LATENCY_EVERY // 2, len(recs), LATENCY_EVERY):
                 observe(max(0, now_us - unpack(recs[i])[5]) / 1e6)
         self._write_health()
 
@@ -738,6 +762,7 @@ def run_writer(ring_names: list[str], dsn: str, settings: Settings) -> None:
     """Supervisor entry point (in a forked child). Returns after SIGTERM/SIGINT once every ring
     is drained into PostgreSQL."""
     w = Writer(ring_names, dsn, settings)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     def _hup(signum: int, frame: object) -> None:
         w.reload_requested = True
