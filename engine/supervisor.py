@@ -219,8 +219,10 @@ class Supervisor:
         try:
             os.close(self.pipe_r)
             os.close(self.pipe_w)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            # Until the role installs its reload handler, a SIGHUP must not kill the child.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             logs.setup(child.name, self.settings.log_level)
             if child.role == "acceptor":
                 from tart.engine.acceptor import run_acceptor
@@ -391,6 +393,7 @@ class Supervisor:
                         extra={"options": ",".join(changed_fixed)})
             for f in changed_fixed:
                 object.__setattr__(new, f, getattr(self.settings, f))
+        changed = [k for k in vars(new) if k != "sources" and getattr(new, k) != getattr(self.settings, k)]
         self.settings = new
         logs.setup("supervisor", new.log_level)
         sd_notify("RELOADING=1")
@@ -398,7 +401,7 @@ class Supervisor:
         for child in self.children:
             if child.pid:
                 self._signal(child, signal.SIGHUP)
-        log.info("configuration reloaded")
+        log.info("configuration reloaded", extra={"changed": ",".join(changed) or "nothing"})
         sd_notify("READY=1")
 
     def _signal(self, child: Child, sig: int) -> None:
