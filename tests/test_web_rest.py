@@ -274,3 +274,28 @@ def test_metrics_exposition(server: WebServer) -> None:
     routes = {s.labels["route"] for s in reqs.samples}
     assert {"/api/health", "/api/nodes"} <= routes
     assert "tart_http_request_duration_seconds" in fams
+
+
+def test_filtered_page_reaches_past_the_first_ring_window(server: WebServer, rings: list[TestRing]) -> None:
+    # A lagging writer: 6,000 uncommitted records, the only ones of node `c` the oldest. A request
+    # first reads the newest few thousand records per ring; it must read further back to find them.
+    c, d = node_id(0x51), node_id(0x52)
+    r0 = rings[0]
+    for r in rings:
+        r.commit_all()
+    old_c = [r0.event(c, 11) for _ in range(3)]
+    newer_d = [r0.event(d, 11) for _ in range(6000)]
+    r0.write(old_c)
+    for i in range(0, len(newer_d), 1000):
+        r0.write(newer_d[i:i + 1000])
+    body = server.get(f"/api/nodes/{c}/events?limit=10").json()
+    assert [e["id"] for e in body["events"]] == sorted((_rid(x) for x in old_c), reverse=True)
+    assert body["has_more"] is False
+    page = server.get("/api/events?limit=5").json()["events"]
+    assert [e["id"] for e in page] == sorted((_rid(x) for x in newer_d), reverse=True)[:5]
+    for r in rings:
+        r.commit_all()
+
+
+def _rid(rec: bytes) -> int:
+    return int.from_bytes(rec[8:16], "little")

@@ -288,3 +288,83 @@ def test_client_that_never_reads_its_replies_is_closed(server: WebServer, ring: 
     client.close()
     assert msgs[-1]["code"] == 1008
     assert 1 <= sum(1 for m in msgs if m["type"] == "recent_events") <= 64
+
+
+def test_batched_delivery_is_exact_and_opt_in(server: WebServer, ring: TestRing) -> None:
+    ring.commit_all()
+
+    async def collect_until(ws, last_id: int, kind: str) -> list[dict]:
+        got = []
+        while True:
+            m = await _recv(ws, kind)
+            got.append(m)
+            ids = [e["id"] for e in m["data"]["events"]] if kind == "events" else [m["data"]["id"]]
+            if last_id in ids:
+                return got
+
+    async def run() -> None:
+        plain, _, _ = await _open(server)
+        batched, _, _ = await _open(server)
+        node_b, _, _ = await _open(server)
+        await batched.send('{"type":"Subscribe","filter":{"type":"All"},"batch_ms":300,"max_events":50}')
+        sub = await _recv(batched, "subscribed")
+        assert sub["data"] == {"filter": {"type": "All"}, "message": "Subscription updated",
+                               "batch_ms": 300, "max_events": 50}
+        await node_b.send(orjson.dumps({"type": "Subscribe", "filter": {"type": "Node", "node_id": B},
+                                        "batch_ms": 50}).decode())
+        assert (await _recv(node_b, "subscribed"))["data"]["max_events"] == 1000
+        for bad in ('{"type":"Subscribe","filter":{"type":"All"},"batch_ms":-1}',
+                    '{"type":"Subscribe","filter":{"type":"All"},"batch_ms":"20"}',
+                    '{"type":"Subscribe","filter":{"type":"All"},"batch_ms":20,"max_events":0}'):
+            await plain.send(bad)
+            assert (await _recv(plain, "error"))["data"]["error"] == "bad_message"
+
+        recs = [ring.event(A if i % 2 else B, 10 + i % 5) for i in range(120)]
+        recs.append(ring.event(A, 11, malformed=True))
+        sentinel = ring.event(B, 12)
+        everything = recs + [sentinel]
+        ring.write(everything)
+
+        got_plain, got_batched, got_b = await asyncio.gather(
+            collect_until(plain, _id(sentinel), "event"), collect_until(batched, _id(sentinel), "events"),
+            collect_until(node_b, _id(sentinel), "events"))
+        # The default stays one `event` message per event.
+        assert [m["data"]["id"] for m in got_plain] == [_id(r) for r in everything]
+        # Batched: every event exactly once, in order, at most max_events per message, gathered
+        # into far fewer messages than events.
+        flat = [e for m in got_batched for e in m["data"]["events"]]
+        assert [e["id"] for e in flat] == [_id(r) for r in everything]
+        assert all(m["data"]["count"] == len(m["data"]["events"]) <= 50 for m in got_batched)
+        assert len(got_batched) <= 10
+        assert [e["id"] for m in got_b for e in m["data"]["events"]] == \
+            [_id(r) for r in everything if bytes.fromhex(B) in r[40:72]]
+        m = got_batched[0]
+        assert list(m) == ["type", "data", "timestamp"] and m["timestamp"].endswith("Z")
+        # The same data objects as the `event` message carries.
+        by_id = {p["data"]["id"]: p["data"] for p in got_plain}
+        for e in flat:
+            assert list(e) == list(by_id[e["id"]])
+            assert {k: v for k, v in e.items() if k != "latency_ms"} == \
+                {k: v for k, v in by_id[e["id"]].items() if k != "latency_ms"}
+        assert flat[-2]["event"] is None and flat[-2]["decode_error"] == "truncated Status event"
+
+        # A batch that never fills goes out when batch_ms has passed; a reply queued behind events
+        # keeps its place.
+        few = [ring.event(A, 11) for _ in range(3)]
+        ring.write(few)
+        tail = await _recv(batched, "events")
+        assert [e["id"] for e in tail["data"]["events"]] == [_id(r) for r in few]
+        await batched.send('{"type":"Ping"}')
+        await _recv(batched, "pong")
+
+        # Unsubscribe resets to the default: All, one message per event.
+        await batched.send('{"type":"Unsubscribe"}')
+        await _recv(batched, "unsubscribed")
+        more = [ring.event(B, 11) for _ in range(3)]
+        ring.write(more)
+        got = await collect_until(batched, _id(more[-1]), "event")
+        assert [m["data"]["id"] for m in got] == [_id(r) for r in more]
+        for ws in (plain, batched, node_b):
+            await ws.close()
+
+    asyncio.run(run())

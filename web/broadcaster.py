@@ -38,7 +38,7 @@ _HDR = EVENT_HEADER.size
 class EventItem:
     """One event, pre-rendered once for every subscriber; only latency and send time vary per send."""
 
-    __slots__ = ("id", "node_id", "event_type", "received_at", "head", "tail")
+    __slots__ = ("id", "node_id", "event_type", "received_at", "head", "event", "batched", "batch_text")
 
     def __init__(self, rec: bytes) -> None:
         _, flags, etype, jlen, id_, received_at, _, _, peer = _hdr(rec)
@@ -48,18 +48,28 @@ class EventItem:
         self.received_at = received_at
         body = rec[_HDR : _HDR + jlen]
         if flags & FLAG_MALFORMED:
-            event = "null," + '"decode_error":' + dumps(body.decode("utf-8", "replace")).decode()
+            self.event = "null," + '"decode_error":' + dumps(body.decode("utf-8", "replace")).decode()
         else:
-            event = body.decode("utf-8", "replace")
-        self.head = (
-            f'{{"type":"event","data":{{"id":{id_},"node_id":"{self.node_id}",'
-            f'"event_type":{etype},"latency_ms":'
-        )
-        self.tail = f',"event":{event}}},"timestamp":"'
+            self.event = body.decode("utf-8", "replace")
+        self.head = f'{{"id":{id_},"node_id":"{self.node_id}","event_type":{etype},"latency_ms":'
+        self.batched: str | None = None
+        # (last item of the batch, its length, the message) of the last batch this event started.
+        self.batch_text: tuple[EventItem, int, str] | None = None
 
     def render(self, now_us: int, now_str: str) -> str:
+        """The reference `event` message, latency_ms measured now."""
         lat = (now_us - self.received_at) / 1000.0
-        return f'{self.head}{lat:.3f}{self.tail}{now_str}"}}'
+        return f'{{"type":"event","data":{self.head}{lat:.3f},"event":{self.event}}},"timestamp":"{now_str}"}}'
+
+    def data_json(self, now_us: int) -> str:
+        """The `data` object of the event message, for batches: rendered by the first batch that
+        carries the event and shared by every later one in this worker (latency_ms is then the
+        time to that first batch), so a batch costs a join, not a render per event per subscriber."""
+        d = self.batched
+        if d is None:
+            lat = (now_us - self.received_at) / 1000.0
+            d = self.batched = f'{self.head}{lat:.3f},"event":{self.event}}}'
+        return d
 
 
 class Filter:
@@ -88,7 +98,7 @@ ALL = Filter("All")
 
 class Subscriber:
     __slots__ = ("filter", "items", "queued", "skipped", "wake", "events_sent", "connected_at", "maxsize",
-                 "going_away", "control_pending")
+                 "going_away", "control_pending", "batch_ms", "batch_max", "first_at")
 
     def __init__(self, maxsize: int = QUEUE_MAX) -> None:
         self.filter = ALL
@@ -101,20 +111,39 @@ class Subscriber:
         self.maxsize = maxsize
         self.going_away = False  # the worker is stopping: the sender closes the socket
         self.control_pending = 0  # replies queued, not yet sent
+        # Batched delivery (opt-in): 0 = one `event` message per event (the reference protocol).
+        self.batch_ms = 0
+        self.batch_max = maxsize
+        self.first_at = 0.0  # monotonic time the oldest queued event was queued
 
-    def offer(self, events: list[EventItem]) -> int:
-        """Queue what fits; returns how many were skipped."""
+    def offer(self, events: list[EventItem], now: float) -> int:
+        """Queue what fits; returns how many were skipped. `now`: the poll's monotonic time, the
+        same for every subscriber, so batching subscribers of one filter fall due together and
+        share one rendered batch (see ws.events_message)."""
         room = self.maxsize - self.queued
         if room <= 0:
             self.skipped += len(events)
             return len(events)
         take = events if len(events) <= room else events[:room]
+        was_empty = self.queued == 0
         self.items.extend(take)
         self.queued += len(take)
-        self.wake.set()
+        # A batching sender sleeps until its batch is due: wake it only to start a batch (it
+        # then sets its deadline) or when the batch is full, not on every poll.
+        if was_empty:
+            self.first_at = now
+            self.wake.set()
+        elif not self.batch_ms or self.queued >= self.batch_max:
+            self.wake.set()
         lost = len(events) - len(take)
         self.skipped += lost
         return lost
+
+    def batch_due_in(self) -> float:
+        """Seconds until the queued events must go out as a batch; 0 when due now or not batching."""
+        if not self.batch_ms or not self.queued or self.control_pending or self.queued >= self.batch_max:
+            return 0.0
+        return max(0.0, self.first_at + self.batch_ms / 1000.0 - time.monotonic())
 
     def control(self, text: str) -> None:
         self.items.append(text)
@@ -225,12 +254,13 @@ class Broadcaster:
                 by_key.setdefault(s.filter.key, (s.filter, []))[1].append(s)
             groups = self._groups = list(by_key.values())
         skipped = 0
+        now = time.monotonic()
         for flt, subs in groups:
             matching = items if flt.kind == "All" else [it for it in items if flt.match(it)]
             if not matching:
                 continue
             for s in subs:
-                skipped += s.offer(matching)
+                skipped += s.offer(matching, now)
         if skipped:
             self.lagged_total += skipped
             metrics.BROADCAST_LAGGED.inc(skipped)

@@ -10,7 +10,7 @@ import falcon
 
 from tart.web import params, store
 from tart.web.params import EventQuery
-from tart.web.ringsource import rest_envelope, select_events
+from tart.web.ringsource import rest_envelope
 from tart.web.state import AppState
 
 NAME_CACHE_S = 30.0
@@ -20,15 +20,25 @@ NAME_CACHE_MAX = 10_000
 async def query_events(state: AppState, q: EventQuery) -> dict[str, Any]:
     # Ring first, then PostgreSQL: an event committed between the two reads is then in the PG
     # result (de-duplicated by id below) instead of in neither.
-    ring_hits, ring_names = select_events(state.rings.snapshot_uncommitted(), q)
+    ring_hits, ring_names = state.rings.select_uncommitted(q)
     rows = await store.list_events(state.pool, q)
     if ring_hits:
-        seen = {r["id"] for r in rows}
+        seen = {r[0] for r in rows}
         extra = [ev for ev in ring_hits if ev.id not in seen]
         if extra:
-            names = await _names(state, {ev.peer_id.hex() for ev in extra}, ring_names)
-            rows.extend(rest_envelope(ev, names.get(ev.peer_id.hex(), ("", ""))) for ev in extra)
-            rows.sort(key=lambda r: r["id"], reverse=True)
+            # Merge first, then build envelopes only for what the page returns: under load the
+            # ring holds the whole first page and the PostgreSQL rows are mostly cut off.
+            merged: list[Any] = rows + extra
+            merged.sort(key=_id_of, reverse=True)
+            del merged[q.limit + 1 :]
+            ring_page = [x for x in merged if type(x) is not tuple]
+            names = await _names(state, {ev.peer_id.hex() for ev in ring_page}, ring_names) if ring_page else {}
+            rows = [store.event_row(x) if type(x) is tuple
+                    else rest_envelope(x, names.get(x.peer_id.hex(), ("", ""))) for x in merged]
+        else:
+            rows = [store.event_row(r) for r in rows]
+    else:
+        rows = [store.event_row(r) for r in rows]
     has_more = len(rows) > q.limit
     events = rows[: q.limit]
     return {
@@ -36,6 +46,10 @@ async def query_events(state: AppState, q: EventQuery) -> dict[str, Any]:
         "has_more": has_more,
         "next_before_id": events[-1]["id"] if has_more else None,
     }
+
+
+def _id_of(x: Any) -> int:
+    return x[0] if type(x) is tuple else x.id
 
 
 async def _names(state: AppState, ids: set[str], ring_names: dict[str, tuple[str, str]]

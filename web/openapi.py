@@ -146,6 +146,13 @@ DOCUMENT: dict[str, Any] = {
             "summary": "WebSocket: live events. Client: Subscribe{filter: All | Node{node_id} | "
                        "EventTypes{event_types}}, Unsubscribe, GetRecentEvents{limit}, Ping. Server: connected, "
                        "event, stats (every 5 s), subscribed, unsubscribed, recent_events, pong, lagged, error.",
+            "description": "Batched delivery (opt-in, a tart extension): Subscribe may carry batch_ms (1..10000) "
+                           "and max_events (1..1000, default 1000); the server then sends, instead of one `event` "
+                           "message per event, {\"type\":\"events\",\"data\":{\"count\":n,\"events\":[...]},"
+                           "\"timestamp\":...} with the `event` messages' data objects, oldest first, at most "
+                           "every batch_ms (sooner once max_events are waiting or a reply is queued behind them). "
+                           "In a batch, latency_ms is measured when the worker first batched the event. "
+                           "batch_ms absent or 0, or Unsubscribe: one `event` message per event (the default).",
             "responses": {"101": {"description": "Switching protocols"},
                           "400": _json(_ERR, "Not a WebSocket request")}}},
     },

@@ -142,12 +142,12 @@ def event_row(r: tuple) -> dict[str, Any]:
     return env
 
 
-async def list_events(pool: AsyncConnectionPool, q: EventQuery) -> list[dict[str, Any]]:
-    """Up to limit+1 envelopes, newest id first."""
+async def list_events(pool: AsyncConnectionPool, q: EventQuery) -> list[tuple]:
+    """Up to limit+1 rows, newest id first; `event_row` makes the envelope (only of rows kept)."""
     sql, args = _event_sql(q)
     async with pool.connection() as conn:
         cur = await conn.execute(sql, args)
-        return [event_row(r) for r in await cur.fetchall()]
+        return await cur.fetchall()
 
 
 async def ping(pool: AsyncConnectionPool) -> float:

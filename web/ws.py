@@ -25,6 +25,7 @@ log = logging.getLogger("tart.web.ws")
 STATS_INTERVAL_S = 5.0
 MAX_CLIENT_MESSAGE = 64 * 1024
 MAX_PENDING_REPLIES = 64
+BATCH_MS_MAX = 10_000
 CONNECTED_TEXT = "Connected to TART telemetry (1024-node scale)"
 _NODE_ID = re.compile(r"[0-9a-fA-F]{64}")
 _hdr = EVENT_HEADER.unpack_from
@@ -81,6 +82,22 @@ def parse_filter(f: Any) -> Filter:
         return Filter("EventTypeRange", types=range(lo, hi + 1),
                       doc={"type": "EventTypeRange", "start": lo, "end": hi})
     raise BadMessage("bad_filter", f"unknown filter type {str(kind)[:40]!r} (All, Node, EventTypes)")
+
+
+def parse_batching(msg: dict[str, Any], queue_max: int) -> tuple[int, int]:
+    """Subscribe's optional batched delivery: `batch_ms` (1..BATCH_MS_MAX; absent or 0 = one
+    `event` message per event) and `max_events` per batch (1..queue_max, default queue_max)."""
+    ms = msg.get("batch_ms", 0)
+    if ms is None:
+        ms = 0
+    if isinstance(ms, bool) or not isinstance(ms, int) or not 0 <= ms <= BATCH_MS_MAX:
+        raise BadMessage("bad_message", f"batch_ms must be an integer 0..{BATCH_MS_MAX}")
+    mx = msg.get("max_events", queue_max)
+    if mx is None:
+        mx = queue_max
+    if isinstance(mx, bool) or not isinstance(mx, int) or not 1 <= mx <= queue_max:
+        raise BadMessage("bad_message", f"max_events must be an integer 1..{queue_max}")
+    return ms, mx
 
 
 def recent_entry(rec: bytes) -> dict[str, Any]:
@@ -160,10 +177,16 @@ class WebSocketResource:
             bc = self.state.broadcaster
             if kind == "Subscribe":
                 flt = parse_filter(msg.get("filter"))
+                batch_ms, batch_max = parse_batching(msg, sub.maxsize)
                 bc.set_filter(sub, flt)
-                return message("subscribed", {"filter": flt.doc, "message": "Subscription updated"})
+                sub.batch_ms, sub.batch_max = batch_ms, batch_max
+                reply: dict[str, Any] = {"filter": flt.doc, "message": "Subscription updated"}
+                if batch_ms:
+                    reply["batch_ms"], reply["max_events"] = batch_ms, batch_max
+                return message("subscribed", reply)
             if kind == "Unsubscribe":
                 bc.set_filter(sub, ALL)
+                sub.batch_ms, sub.batch_max = 0, sub.maxsize
                 return message("unsubscribed", {"message": "Reset to all events"})
             if kind == "GetRecentEvents":
                 limit = msg.get("limit")
@@ -201,18 +224,29 @@ class WebSocketResource:
                 if sub.going_away:
                     await ws.close(1001, "server restarting")
                     return
+                due_in = sub.batch_due_in()
+                if due_in > 0:
+                    # Batching: let events gather until the batch is due (or full, or a reply waits).
+                    sub.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sub.wake.wait(), min(due_in, max(0.0, next_stats - time.monotonic())))
+                    if time.monotonic() < next_stats:
+                        continue
                 items = sub.take()
                 if items:
                     now_us = time.time_ns() // 1000
                     ts = fmt_unix_us(now_us)
-                    sent = 0
-                    for it in items:
-                        if type(it) is EventItem:
-                            await send(it.render(time.time_ns() // 1000, ts))
-                            sent += 1
-                        else:
-                            sub.control_pending -= 1
-                            await send(it)
+                    if sub.batch_ms:
+                        sent = await self._send_batched(send, items, sub, now_us, ts)
+                    else:
+                        sent = 0
+                        for it in items:
+                            if type(it) is EventItem:
+                                await send(it.render(time.time_ns() // 1000, ts))
+                                sent += 1
+                            else:
+                                sub.control_pending -= 1
+                                await send(it)
                     if sent:
                         sub.events_sent += sent
                         metrics.BROADCAST_TOTAL.inc(sent)
@@ -229,3 +263,45 @@ class WebSocketResource:
                         await asyncio.wait_for(sub.wake.wait(), next_stats - time.monotonic())
         except falcon.WebSocketDisconnected:
             return
+
+    @staticmethod
+    async def _send_batched(send: Any, items: list[Any], sub: Subscriber, now_us: int, ts: str) -> int:
+        """Runs of events as `events` messages of at most batch_max events; replies in between
+        keep their place in the stream."""
+        sent = 0
+        run: list[EventItem] = []
+        limit = sub.batch_max
+        for it in items:
+            if type(it) is EventItem:
+                run.append(it)
+                if len(run) >= limit:
+                    await send(events_message(run, now_us, ts))
+                    sent += len(run)
+                    run = []
+            else:
+                if run:
+                    await send(events_message(run, now_us, ts))
+                    sent += len(run)
+                    run = []
+                sub.control_pending -= 1
+                await send(it)
+        if run:
+            await send(events_message(run, now_us, ts))
+            sent += len(run)
+        return sent
+
+
+def events_message(run: list[EventItem], now_us: int, ts: str) -> str:
+    """The batched-delivery message: `data.events` holds `event` messages' data objects, oldest first.
+
+    Subscribers of one filter fall due together and so mostly send the same run of events: the
+    text is kept on the run's first event and reused when the same run comes again.
+    """
+    first, last, n = run[0], run[-1], len(run)
+    cached = first.batch_text
+    if cached is not None and cached[0] is last and cached[1] == n:
+        return cached[2]
+    data = ",".join([it.data_json(now_us) for it in run])
+    text = f'{{"type":"events","data":{{"count":{n},"events":[{data}]}},"timestamp":"{ts}"}}'
+    first.batch_text = (last, n, text)
+    return text
