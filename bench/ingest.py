@@ -223,7 +223,14 @@ def run_load(tart: TartProcess, dsn: str, nodes: int, rate: float, duration: flo
     _, cpu1 = proc_stats(tart_pids(tart))
     _, pgcpu1 = proc_stats(pg_pids)
     _, hist1 = scrape(tart.api)
-    stored = rows_after(dsn, floor)
+    # Count at PostgreSQL once the row count has held still for 2 s: the metric-based wait above
+    # can end on a stale scrape, and a loss figure must never come from counting too early.
+    stored, still_since = rows_after(dsn, floor), time.monotonic()
+    while time.monotonic() - still_since < 2 and time.monotonic() < deadline + 60:
+        time.sleep(0.25)
+        now_rows = rows_after(dsn, floor)
+        if now_rows != stored:
+            stored, still_since = now_rows, time.monotonic()
     return {
         "nodes": nodes,
         "rate_per_node": rate,
