@@ -141,6 +141,18 @@ class TartProcess:
             body = e.read()
             return e.code, (json.loads(body) if body else None)
 
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the /metrics samples called `name` whose labels include `labels`."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(self.api + "/metrics", timeout=10).read().decode()
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
     def children(self) -> dict[str, list[int]]:
         """Child pids by role, read from the process table (acceptor, writer, web)."""
         assert self.proc is not None

@@ -12,10 +12,8 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 from tartproc import TartProcess
 
 from tart.engine.codec import encode_event, encode_node_info
@@ -59,16 +57,6 @@ class Node(threading.Thread):
             time.sleep(max(0.0, next_tick - time.monotonic()))
 
 
-def metric(tart: TartProcess, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(tart.api + "/metrics", timeout=10).read().decode()
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
-
 def log_lines(tart: TartProcess, text: str) -> list[str]:
     return [line for line in tart.log_path.read_text(errors="replace").splitlines() if text in line]
 
@@ -97,16 +85,16 @@ def test_sighup_lifts_rate_limit_on_open_connection_without_restart(tmp_path, fr
         before = tart.children()
         assert len(before["acceptor"]) == 2 and len(before["writer"]) == 1 and len(before["web"]) == 1
         # (readiness probes were connections too)
-        conns0 = metric(tart, "telemetry_connections_total")
-        closed0 = metric(tart, "telemetry_connections_closed_total")
+        conns0 = tart.metric("telemetry_connections_total")
+        closed0 = tart.metric("telemetry_connections_closed_total")
         node = Node(tart.telemetry)
         node.start()
         try:
             # Limited: 50/s (burst 100) of the node's 500/s.
             time.sleep(2.5)
-            limited_a = metric(tart, "telemetry_events_rate_limited_total")
+            limited_a = tart.metric("telemetry_events_rate_limited_total")
             time.sleep(1.5)
-            limited_b = metric(tart, "telemetry_events_rate_limited_total")
+            limited_b = tart.metric("telemetry_events_rate_limited_total")
             assert 0 < limited_a < limited_b
 
             # An invalid file reaching the workers themselves (the supervisor would not forward
@@ -116,7 +104,7 @@ def test_sighup_lifts_rate_limit_on_open_connection_without_restart(tmp_path, fr
                 os.kill(pid, signal.SIGHUP)
             wait_log(tart, "reload rejected: invalid configuration", 3)
             time.sleep(1.5)
-            assert metric(tart, "telemetry_events_rate_limited_total") > limited_b + 200
+            assert tart.metric("telemetry_events_rate_limited_total") > limited_b + 200
 
             # The real reload, through the supervisor.
             conf.write_text("TART_RATE_LIMIT=0\nTART_BATCH_MAX=5000\nTART_IDLE_TIMEOUT=300\n")
@@ -132,9 +120,9 @@ def test_sighup_lifts_rate_limit_on_open_connection_without_restart(tmp_path, fr
 
             # Events limited just before the reload reach the counter with the next push (1 s).
             time.sleep(1.5)
-            limited_c = metric(tart, "telemetry_events_rate_limited_total")
+            limited_c = tart.metric("telemetry_events_rate_limited_total")
             time.sleep(2.0)
-            assert metric(tart, "telemetry_events_rate_limited_total") == limited_c
+            assert tart.metric("telemetry_events_rate_limited_total") == limited_c
         finally:
             node.halt.set()
             node.join(5)
@@ -159,12 +147,12 @@ def test_sighup_lifts_rate_limit_on_open_connection_without_restart(tmp_path, fr
         while time.monotonic() < deadline and last not in stored_event_ids(fresh_db, node.node_id):
             time.sleep(0.2)
         assert last in stored_event_ids(fresh_db, node.node_id)
-        assert metric(tart, "telemetry_connections_total") == conns0 + 1
-        assert metric(tart, "telemetry_connections_closed_total") == closed0
+        assert tart.metric("telemetry_connections_total") == conns0 + 1
+        assert tart.metric("telemetry_connections_closed_total") == closed0
         status, body = tart.get(f"/api/nodes/{node.node_id}")
         assert status == 200 and body["is_connected"] is True
         node.sock.close()
 
         # Nothing was restarted.
         assert tart.children() == before
-        assert metric(tart, "tart_process_restarts_total") == 0
+        assert tart.metric("tart_process_restarts_total") == 0
