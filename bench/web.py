@@ -71,6 +71,18 @@ def loadgen(target: tuple[str, int], nodes: int, rate: float, duration: float) -
 
 # --- REST ------------------------------------------------------------------------------------
 
+async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> bool:
+    """One keep-alive GET: send, read the head and the whole body; True for a 200."""
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return head.startswith(b"HTTP/1.1 200")
+
+
 async def _http_client(host: str, port: int, path: str, stop_at: float, lat: list[float]) -> int:
     """One keep-alive HTTP/1.1 connection issuing GETs back to back; a minimal client keeps the
     benchmark's own cost low."""
@@ -79,16 +91,9 @@ async def _http_client(host: str, port: int, path: str, stop_at: float, lat: lis
     errors = 0
     while time.perf_counter() < stop_at:
         t0 = time.perf_counter()
-        writer.write(req)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
+        ok = await _roundtrip(reader, writer, req)
         lat.append(time.perf_counter() - t0)
-        if not head.startswith(b"HTTP/1.1 200"):
-            errors += 1
+        errors += not ok
     writer.close()
     return errors
 
@@ -121,16 +126,9 @@ async def rest_paced(api: str, path: str, rate: float, duration: float, conns: i
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
+            ok = await _roundtrip(reader, writer, req)
             lat.append(time.perf_counter() - due)
-            if not head.startswith(b"HTTP/1.1 200"):
-                errors[0] += 1
+            errors[0] += not ok
         writer.close()
 
     await asyncio.gather(*[conn(k) for k in range(conns)])
