@@ -4,6 +4,7 @@ One declarative table (schema.py) built from composable types (types.py) drives 
 """
 
 from .errors import DecodeError
+from .eventtype import EventType
 from .events import EVENT_NAMES, EVENT_TYPES, Decoded, decode_event, encode_event, event_json, event_schema
 from .jce import JCE_EPOCH_UNIX_US, jce_to_datetime
 from .natural import decode_natural, encode_natural
@@ -15,6 +16,7 @@ __all__ = [
     "Decoded",
     "EVENT_NAMES",
     "EVENT_TYPES",
+    "EventType",
     "JCE_EPOCH_UNIX_US",
     "NodeInfo",
     "decode_event",
