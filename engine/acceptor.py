@@ -460,12 +460,10 @@ class NodeConnection(asyncio.Protocol):
             else:
                 et = d.event_type
                 js = d.json()
-                if _NUL_ESCAPE in js:
-                    rec = _ev_pack(KIND_EVENT, FLAG_HAS_NUL, et, len(js), next(ids), received_at, d.timestamp, eid,
-                                   peer_id) + js + frame
-                else:
-                    rec = _ev_pack(KIND_EVENT, 0, et, len(js), next(ids), received_at, d.timestamp, eid,
-                                   peer_id) + js
+                # The JSON is for the live feed; the wire payload (after timestamp and
+                # discriminator) is what the writer stores.
+                rec = b"".join((_ev_pack(KIND_EVENT, FLAG_HAS_NUL if _NUL_ESCAPE in js else 0, et, len(js),
+                                         next(ids), received_at, d.timestamp, eid, peer_id), js, frame[9:]))
                 eid += d.value["num"] if et == 0 else 1
             if len(rec) > max_rec:
                 # Only possible with a ring smaller than 4x TART_MAX_FRAME: a record the ring can never take.

@@ -1,10 +1,10 @@
-"""The tables the writer keeps current besides ``events``: ``nodes``, ``node_status``, ``blocks``
-and ``event_stats_hourly``.
+"""The tables the writer keeps current besides the events: ``nodes`` (from NODE_UP/NODE_DOWN/
+RING_RESET, in the batch's transaction), ``node_status`` and ``blocks``.
 
-A batch aggregates in Python while the writer walks its records (``BatchAggregates``), then
-``apply_*`` run one statement per table inside the batch's transaction (INSERT ... SELECT FROM
-unnest(arrays) ... ON CONFLICT), so the derived rows commit atomically with the events they
-summarise: a writer killed mid-batch neither loses nor double-counts them.
+A batch aggregates node_status and blocks changes in Python while the writer walks its records
+(``BatchAggregates``); committed batches' aggregates are merged in memory and flushed by the
+rollup thread (tart.engine.writer.rollups) every 250 ms, one statement per table (INSERT ...
+SELECT FROM unnest(arrays) ... ON CONFLICT). Event counts live in tart.engine.writer.rollups.
 
 Which events feed what (JSON as tart emits it, hashes as "0x..." strings):
 - Status (10) -> node_status counters; BestBlockChanged (11) -> best_slot/hash;
@@ -14,7 +14,6 @@ Which events feed what (JSON as tart emits it, hashes as "0x..." strings):
 - Authored (42) -> blocks.authored_by (+ hash from its outline) at the slot of its Authoring.
 - Importing (43) -> blocks.imported_by (+ hash) at its slot.
 - BlockExecuted (47) -> blocks.executed_by at the slot of the Authoring/Importing it names.
-- every event -> event_stats_hourly (hour of arrival, node, type) and nodes.event_count/last_seen_at.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from tart.engine.codec.eventtype import EventType as ET
 from tart.engine.copyfmt import escape_nul_json
 from tart.engine.record import (
     KIND_NODE_DOWN,
@@ -34,8 +34,8 @@ from tart.engine.record import (
     unpack_ring_reset,
 )
 
-DERIVED_TYPES = frozenset((10, 11, 12, 13, 40, 42, 43, 47))
-HOUR_US = 3_600_000_000
+DERIVED_TYPES = frozenset((ET.Status, ET.BestBlockChanged, ET.FinalizedBlockChanged, ET.SyncStatusChanged,
+                           ET.Authoring, ET.Authored, ET.Importing, ET.BlockExecuted))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _I32_MAX = 2**31 - 1
 _I64_MAX = 2**63 - 1
@@ -110,6 +110,30 @@ class BatchAggregates:
         except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError):
             pass  # a derived table is a convenience; the event itself is stored regardless
 
+    def merge(self, later: BatchAggregates) -> None:
+        """Fold in the aggregates of a batch committed after this one's."""
+        for node, o in later.status.items():
+            st = self.status.get(node)
+            if st is None:
+                self.status[node] = o
+                continue
+            st[_ST_UPDATED] = max(st[_ST_UPDATED], o[_ST_UPDATED])
+            for i in (_ST_STATUS, _ST_BEST, _ST_FIN, _ST_SYNC):
+                if o[i] is not None:
+                    st[i] = o[i]
+        for slot, o in later.blocks.items():
+            b = self.blocks.get(slot)
+            if b is None:
+                self.blocks[slot] = o
+                continue
+            if o[0] is not None:
+                b[0] = o[0]
+            b[1] |= o[1]
+            b[2] |= o[2]
+            b[3] |= o[3]
+            b[4] = min(b[4], o[4])
+            b[5] = max(b[5], o[5])
+
     def _status(self, node: bytes, received_at: int) -> list:
         st = self.status.get(node)
         if st is None:
@@ -128,7 +152,7 @@ class BatchAggregates:
         return b
 
     def _feed(self, tracker: SlotTracker, node: bytes, etype: int, eid: int, ra: int, body: dict) -> None:
-        if etype == 10:
+        if etype == ET.Status:
             g = body["num_guarantees"]
             guarantees = "{" + ",".join(str(int(x)) for x in g) + "}" if isinstance(g, list) else None
             self._status(node, ra)[_ST_STATUS] = (
@@ -137,19 +161,19 @@ class BatchAggregates:
                 _int(body.get("num_shards"), _I32_MAX), _int(body.get("shards_size"), _I64_MAX),
                 _int(body.get("num_preimages"), _I32_MAX), _int(body.get("preimages_size"), _I64_MAX),
             )
-        elif etype == 11:
+        elif etype == ET.BestBlockChanged:
             self._status(node, ra)[_ST_BEST] = (_int(body["slot"], _I64_MAX), _hash(body.get("hash")))
-        elif etype == 12:
+        elif etype == ET.FinalizedBlockChanged:
             self._status(node, ra)[_ST_FIN] = (_int(body["slot"], _I64_MAX), _hash(body.get("hash")))
-        elif etype == 13:
+        elif etype == ET.SyncStatusChanged:
             synced = body["synced"]
             if isinstance(synced, bool):
                 self._status(node, ra)[_ST_SYNC] = synced
-        elif etype == 40:
+        elif etype == ET.Authoring:
             slot = _int(body["slot"], _I64_MAX)
             if slot is not None:
                 tracker.put(node, eid, slot)
-        elif etype == 43:
+        elif etype == ET.Importing:
             slot = _int(body["slot"], _I64_MAX)
             if slot is not None:
                 tracker.put(node, eid, slot)
@@ -157,13 +181,13 @@ class BatchAggregates:
                 b[2].add(node)
                 if b[0] is None:
                     b[0] = _hash((body.get("outline") or {}).get("hash"))
-        elif etype == 42:
+        elif etype == ET.Authored:
             slot = tracker.get(node, body["authoring_id"])
             if slot is not None:
                 b = self._block(slot, ra)
                 b[1].add(node)
                 b[0] = _hash((body.get("outline") or {}).get("hash")) or b[0]
-        elif etype == 47:
+        elif etype == ET.BlockExecuted:
             slot = tracker.get(node, body["authoring_or_importing_id"])
             if slot is not None:
                 self._block(slot, ra)[3].add(node)
@@ -200,28 +224,10 @@ ON CONFLICT (slot) DO UPDATE SET
     last_seen = greatest(b.last_seen, excluded.last_seen)
 """
 
-# The counts statements carry an array element per (node, type, hour): sent in binary (%b), since
-# text arrays cost the client and the server ~8 us per element to print and parse, more than
-# the upsert itself. (Never empty and never NULL: binary dumping cannot type an empty list.)
-HOURLY_SQL = """
-INSERT INTO event_stats_hourly AS h (hour, node_id, event_type, event_count)
-SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::int2[], %b::int8[])
-ON CONFLICT (hour, node_id, event_type) DO UPDATE SET event_count = h.event_count + excluded.event_count
-"""
-
-# Events of a node without a row (its NODE_UP was never seen, e.g. the nodes table was emptied)
-# still count: the row is created, not connected.
-NODE_COUNTS_SQL = """
-INSERT INTO nodes AS n (node_id, peer_id, connected_at, last_seen_at, event_count)
-SELECT id, id, seen, seen, cnt FROM unnest(%b::text[], %b::timestamptz[], %b::int8[]) AS t(id, seen, cnt)
-ON CONFLICT (node_id) DO UPDATE SET
-    event_count = n.event_count + excluded.event_count,
-    last_seen_at = greatest(n.last_seen_at, excluded.last_seen_at)
-"""
-
 # A reconnecting node keeps its row and event_count. A NODE_UP older than the row's connection
 # (the node already reconnected through another acceptor, whose ring was drained first) does not
-# overwrite the newer connection's details; either way the node has a live connection now.
+# overwrite the newer connection's details; either way the node has a live connection now. A row
+# made for a node's events before any NODE_UP (tart.engine.nodekeys) counts as older than any.
 NODE_UP_SQL = """
 INSERT INTO nodes AS n (node_id, peer_id, implementation_name, implementation_version, gp_version,
     node_info, address, connected_at, last_seen_at, disconnected_at, is_connected, connection_count)
@@ -229,18 +235,19 @@ VALUES (%(id)s, %(id)s, %(name)s, %(version)s, %(gp)s, %(info)s::jsonb, %(addres
     NULL, true, 1)
 ON CONFLICT (node_id) DO UPDATE SET
     connection_count = n.connection_count + 1,
-    implementation_name = CASE WHEN excluded.connected_at >= n.connected_at
+    implementation_name = CASE WHEN (excluded.connected_at >= n.connected_at OR n.connection_count = 0)
         THEN excluded.implementation_name ELSE n.implementation_name END,
-    implementation_version = CASE WHEN excluded.connected_at >= n.connected_at
+    implementation_version = CASE WHEN (excluded.connected_at >= n.connected_at OR n.connection_count = 0)
         THEN excluded.implementation_version ELSE n.implementation_version END,
-    gp_version = CASE WHEN excluded.connected_at >= n.connected_at
+    gp_version = CASE WHEN (excluded.connected_at >= n.connected_at OR n.connection_count = 0)
         THEN excluded.gp_version ELSE n.gp_version END,
-    node_info = CASE WHEN excluded.connected_at >= n.connected_at
+    node_info = CASE WHEN (excluded.connected_at >= n.connected_at OR n.connection_count = 0)
         THEN excluded.node_info ELSE n.node_info END,
-    address = CASE WHEN excluded.connected_at >= n.connected_at THEN excluded.address ELSE n.address END,
+    address = CASE WHEN (excluded.connected_at >= n.connected_at OR n.connection_count = 0) THEN excluded.address ELSE n.address END,
     is_connected = true,
     disconnected_at = NULL,
-    connected_at = greatest(n.connected_at, excluded.connected_at),
+    connected_at = CASE WHEN n.connection_count = 0 THEN excluded.connected_at
+        ELSE greatest(n.connected_at, excluded.connected_at) END,
     last_seen_at = greatest(n.last_seen_at, excluded.last_seen_at)
 """
 
@@ -329,29 +336,6 @@ def apply_node_ops(cur: psycopg.Cursor, ops: list[tuple[int, dict[str, Any]]]) -
         for sql in _NODE_OP_SQL.get(kind, (RING_RESET_SQL,)):
             cur.executemany(sql, params)
         i = j
-
-
-def apply_counts(cur: psycopg.Cursor, stats: dict[tuple[bytes, int, int], int],
-                 last_seen: dict[bytes, int]) -> None:
-    """event_stats_hourly and nodes.event_count/last_seen_at from (node hex, type, hour) counts."""
-    if not stats:
-        return
-    hours, nodes, types, counts = [], [], [], []
-    per_node: dict[bytes, int] = {}
-    hour_dt: dict[int, datetime] = {}
-    for (node, etype, hour), n in stats.items():
-        dt = hour_dt.get(hour)
-        if dt is None:
-            dt = hour_dt[hour] = us_to_dt(hour * HOUR_US)
-        hours.append(dt)
-        nodes.append(node.decode())
-        types.append(etype)
-        counts.append(n)
-        per_node[node] = per_node.get(node, 0) + n
-    cur.execute(HOURLY_SQL, (hours, nodes, types, counts))
-    ids = list(per_node)
-    cur.execute(NODE_COUNTS_SQL, ([i.decode() for i in ids], [us_to_dt(last_seen[i]) for i in ids],
-                                  [per_node[i] for i in ids]))
 
 
 def apply_aggregates(cur: psycopg.Cursor, agg: BatchAggregates) -> None:

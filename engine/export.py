@@ -31,8 +31,21 @@ import orjson
 import psycopg
 
 from tart.engine import config as config_mod
+from tart.engine import eventrows
 from tart.engine.db import connect
-from tart.engine.timefmt import parse_time, unix_us_to_dt
+from tart.engine.eventrows import (
+    R_CREATED,
+    R_EID,
+    R_ERROR,
+    R_ID,
+    R_NAME,
+    R_NODE,
+    R_PAYLOAD,
+    R_TS,
+    R_TYPE,
+    R_VERSION,
+)
+from tart.engine.timefmt import fmt_unix_us, parse_time, unix_us_to_dt
 
 # Column order of the CSV header, and key order of a JSON line.
 EXPORT_FIELDS: tuple[str, ...] = (
@@ -43,17 +56,15 @@ DEFAULT_ITERSIZE = 5000
 TIME_FIELDS = {"timestamp": "e.timestamp", "received_at": "e.created_at"}
 _TABLE = re.compile(r"^events(_\d{8})?$")  # the parent table or one daily partition
 
-# Formatting happens in the server: to_char is cheaper there than datetime objects here, and
-# data::text avoids parsing JSONB into Python objects only to serialise them again.
-_RFC3339 = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'"
-_SELECT = (
-    "SELECT e.id, e.node_id, e.event_id, e.event_type,"
-    f" to_char(e.timestamp AT TIME ZONE 'UTC', {_RFC3339}),"
-    " e.data::text, COALESCE(n.implementation_name, ''), COALESCE(n.implementation_version, ''),"
-    f" to_char(e.created_at AT TIME ZONE 'UTC', {_RFC3339}),"
-    " e.decode_error, {raw}"
-    " FROM {table} e LEFT JOIN nodes n ON n.node_id = e.node_id"
-)
+_TABLE = re.compile(r"^events(_\d{8})?$")  # the parent table or one daily partition
+
+# An export walks each daily partition in windows of ids (see tart.engine.eventrows): there is
+# no btree on id to read in order, and sorting a whole day at once would spill to disk.
+WINDOW_US = 60_000_000
+# How far past its day a partition's ids may reach: an id's time is its arrival time, which the
+# day bounds, plus the id clock's lead under bursts (microseconds in practice).
+ID_SLACK_US = 3_600_000_000
+_TABLE = re.compile(r"^(events|event_rows)(_\d{8})?$")  # all events or one daily partition
 
 
 class ExportError(Exception):
@@ -73,14 +84,14 @@ class Filters:
 
 
 
-def build_query(filters: Filters, table: str = "events", raw: bool = False) -> tuple[str, list[Any]]:
-    """The SELECT for ``filters`` over ``table`` (``events`` or one of its partitions), ordered by id."""
+def build_query(filters: Filters, table: str = "event_rows") -> tuple[str, list[Any]]:
+    """The SELECT for ``filters`` over ``table`` (``event_rows`` or one of its partitions), ordered by id."""
     if filters.time_field not in TIME_FIELDS:
         raise ExportError(f"time field must be one of {', '.join(TIME_FIELDS)}")
     if not _TABLE.match(table):
         raise ExportError(f"not an events table: {table!r}")
     column = TIME_FIELDS[filters.time_field]
-    sql = _SELECT.format(table=table, raw="e.raw" if raw else "NULL::bytea")
+    sql = eventrows.SELECT.format(table=f'"{table}"')
     where: list[str] = []
     args: list[Any] = []
     if filters.since_us is not None:
@@ -90,7 +101,7 @@ def build_query(filters: Filters, table: str = "events", raw: bool = False) -> t
         where.append(f"{column} < %s")
         args.append(unix_us_to_dt(filters.until_us))
     if filters.node_ids:
-        where.append("e.node_id = ANY(%s)")
+        where.append("e.node_key IN (SELECT node_key FROM nodes WHERE node_id = ANY(%s))")
         args.append(list(filters.node_ids))
     if filters.event_types:
         where.append("e.event_type = ANY(%s::smallint[])")
@@ -100,19 +111,44 @@ def build_query(filters: Filters, table: str = "events", raw: bool = False) -> t
     return sql + " ORDER BY e.id", args
 
 
-def iter_batches(conn: psycopg.Connection, filters: Filters, table: str = "events", raw: bool = False,
-                 itersize: int = DEFAULT_ITERSIZE) -> Iterator[list[tuple]]:
-    """Rows in lists of at most ``itersize``, fetched through a server-side cursor (needs a
-    connection outside autocommit: the cursor lives in the transaction)."""
-    sql, args = build_query(filters, table, raw)
-    with conn.cursor(name="tart_export") as cur:
-        cur.itersize = itersize
-        cur.execute(sql, args)
-        while True:
-            rows = cur.fetchmany(itersize)
-            if not rows:
-                return
-            yield rows
+def _partitions(conn: psycopg.Connection, table: str) -> list[tuple[str, int]]:
+    """(partition, day start µs) to read for ``table``, oldest first."""
+    if table.startswith("event_rows_"):
+        start = eventrows.partition_day_start_us(table)
+        return [(table, start or 0)]
+    return [(name, start) for (name,) in conn.execute(eventrows.PARTITIONS_SQL).fetchall()
+            if (start := eventrows.partition_day_start_us(name)) is not None]
+
+
+def iter_batches(conn: psycopg.Connection, filters: Filters, table: str = "event_rows", raw: bool = False,
+                 itersize: int = DEFAULT_ITERSIZE, ordered: bool = True) -> Iterator[list[tuple]]:
+    """Rows in lists of at most ``itersize``, one daily partition after the other, each through a
+    server-side cursor (which needs a connection outside autocommit: the cursor lives in the
+    transaction). ``ordered``: in id order within each partition (the server sorts one day at a
+    time); off, in the order they are stored (what retention archives use: no sort of a whole
+    day before it is dropped)."""
+    if table == "events":
+        table = "event_rows"
+    sql, args = build_query(filters, table)
+    if not ordered:
+        sql = sql.removesuffix(" ORDER BY e.id")
+    for name, _start in _partitions(conn, table):
+        part_sql = sql.replace('"event_rows"', f'"{name}"', 1) if name != table else sql
+        with conn.cursor(name="tart_export") as cur:
+            cur.itersize = itersize
+            cur.execute(part_sql, args)
+            while rows := cur.fetchmany(itersize):
+                yield [_render(r, raw) for r in rows]
+
+
+def _render(r: tuple, raw: bool) -> tuple:
+    """(id, node_id, event_id, event_type, timestamp, data JSON, node_name, node_version,
+    received_at, decode_error, raw bytes or None): the export fields in EXPORT_FIELDS order."""
+    data = eventrows.event_data(r[R_TYPE], r[R_TS], r[R_PAYLOAD], r[R_ERROR])
+    return (r[R_ID], r[R_NODE], r[R_EID], r[R_TYPE], fmt_unix_us(r[R_TS]),
+            None if data is None else orjson.dumps(data).decode(), r[R_NAME] or "", r[R_VERSION] or "",
+            fmt_unix_us(r[R_CREATED]), r[R_ERROR],
+            bytes(r[R_PAYLOAD]) if raw and r[R_ERROR] is not None else None)
 
 
 def jsonl_line(row: Sequence[Any]) -> bytes:
@@ -149,17 +185,17 @@ def csv_values(row: Sequence[Any], raw: bool = False) -> list[Any]:
 
 
 def write_events(conn: psycopg.Connection, out: IO[bytes], fmt: str = "jsonl",
-                 filters: Filters | None = None, table: str = "events", raw: bool = False,
-                 itersize: int = DEFAULT_ITERSIZE, flush: bool = True) -> int:
+                 filters: Filters | None = None, table: str = "event_rows", raw: bool = False,
+                 itersize: int = DEFAULT_ITERSIZE, flush: bool = True, ordered: bool = True) -> int:
     """Stream matching events into the binary stream ``out``; returns how many were written.
     With ``flush``, ``out`` is flushed after every batch so that a reader sees progress (turn it
     off for a gzip stream: each flush ends a deflate block). ``table`` may be one daily
-    partition (``events_YYYYMMDD``): retention archives are written this way, so an archive line
+    partition (``event_rows_YYYYMMDD``): retention archives are written this way, so an archive line
     is exactly a ``tart-export --raw`` line."""
     filters = filters or Filters()
     count = 0
     if fmt == "jsonl":
-        for rows in iter_batches(conn, filters, table, raw, itersize):
+        for rows in iter_batches(conn, filters, table, raw, itersize, ordered):
             out.write(b"".join(jsonl_line(r) for r in rows))
             if flush:
                 out.flush()
@@ -169,7 +205,7 @@ def write_events(conn: psycopg.Connection, out: IO[bytes], fmt: str = "jsonl",
         try:
             writer = csv.writer(text)
             writer.writerow(csv_fields(raw))
-            for rows in iter_batches(conn, filters, table, raw, itersize):
+            for rows in iter_batches(conn, filters, table, raw, itersize, ordered):
                 writer.writerows(csv_values(r, raw) for r in rows)
                 if flush:
                     text.flush()

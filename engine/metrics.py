@@ -107,3 +107,13 @@ REFERENCE_COUNTER_ALIASES = (
     "telemetry_events_rate_limited",
     "telemetry_broadcaster_total_broadcast",
 )
+
+# --- writer rollups (storage) ----------------------------------------------------------------
+ROLLUP_FLUSH_DURATION = Histogram(
+    "tart_rollup_flush_duration_seconds",
+    "Seconds to flush one rollup (status: node_status and blocks; counts: 30-second counts; hourly)",
+    ["rollup"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+for _rollup in ("status", "counts", "hourly"):
+    ROLLUP_FLUSH_DURATION.labels(rollup=_rollup)

@@ -3,7 +3,7 @@
 All little-endian; every record starts with ``kind: u8``.
 
 EVENT (``KIND_EVENT`` = 1), header ``struct "<BBBxIQQQQ32s"`` (72 bytes) then the JSON part
-(``json_len`` bytes) then the raw frame bytes (the rest of the record)::
+(``json_len`` bytes) then the raw bytes (the rest of the record)::
 
     pack_event(*, flags, event_type, id, received_at, timestamp, event_id, peer_id, json, raw=b"")
     unpack_event(buf) -> EventRecord(flags, event_type, id, received_at, timestamp, event_id,
@@ -12,7 +12,7 @@ EVENT (``KIND_EVENT`` = 1), header ``struct "<BBBxIQQQQ32s"`` (72 bytes) then th
   ``id`` is tart's event id (``Ring.next_id()``), ``event_id`` the JIP-3 per-connection id,
   ``received_at`` unix µs, ``timestamp`` the raw JIP-3 timestamp (µs since the JAM epoch),
   ``peer_id`` 32 bytes, ``json`` the event JSON (or the decode error text when
-  ``flags & FLAG_MALFORMED``), ``raw`` the frame bytes (only for MALFORMED / HAS_NUL records).
+  ``flags & FLAG_MALFORMED``), ``raw`` the wire payload (see below).
 
 NODE_UP (``KIND_NODE_UP`` = 2), ``struct "<BxxxxxxxQQ32s"`` then the info JSON::
 
@@ -31,6 +31,13 @@ name the ring and every earlier conn_id of that ring is smaller::
 
     pack_ring_reset(*, at, reset_id) -> bytes
     unpack_ring_reset(buf) -> RingResetRecord(at, reset_id)
+
+For a decoded event the raw part is the wire payload (the frame after its 8-byte timestamp and
+1-byte discriminator): the writer stores it as is. For a MALFORMED one it is the whole frame.
+
+Hot paths read single fields through the accessors below (``event_id_of``, ``event_received_at``,
+...), and whole headers with ``event_header`` (a tuple in ``EVENT_FIELDS`` order), so no other
+module knows a field's position.
 
 ``record_kind(buf)`` returns the first byte. Unpackers accept bytes, bytearray or memoryview,
 return ``bytes`` fields (copies), and raise ``ValueError`` on a wrong kind or a short buffer.
@@ -55,6 +62,39 @@ NODE_DOWN_RECORD = struct.Struct("<BxxxxxxxQQ32sQQ")
 RING_RESET_RECORD = struct.Struct("<BxxxxxxxQQ")
 
 PEER_ID_LEN = 32
+
+# Field order of ``event_header(buf)``; unpack it as
+# ``kind, flags, etype, json_len, id, received_at, timestamp, event_id, peer_id = event_header(rec)``.
+EVENT_FIELDS = ("kind", "flags", "event_type", "json_len", "id", "received_at", "timestamp", "event_id", "peer_id")
+EVENT_HEADER_SIZE = EVENT_HEADER.size
+event_header = EVENT_HEADER.unpack_from
+
+_U64 = struct.Struct("<Q")
+_OFF_ID, _OFF_RECEIVED, _OFF_TS = 8, 16, 24
+
+
+def event_id_of(rec: bytes) -> int:
+    """tart's id of an EVENT record."""
+    return _U64.unpack_from(rec, _OFF_ID)[0]
+
+
+def event_received_at(rec: bytes) -> int:
+    """received_at (unix µs) of an EVENT record."""
+    return _U64.unpack_from(rec, _OFF_RECEIVED)[0]
+
+
+def event_peer_id(rec: bytes) -> bytes:
+    return rec[40:72]
+
+
+def event_json_of(rec: bytes) -> bytes:
+    """The JSON part (or, for a MALFORMED record, the decode error text)."""
+    return rec[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + struct.unpack_from("<I", rec, 4)[0]]
+
+
+def event_raw_of(rec: bytes) -> bytes:
+    """The raw part: the wire payload of a decoded event, the whole frame of a MALFORMED one."""
+    return rec[EVENT_HEADER_SIZE + struct.unpack_from("<I", rec, 4)[0]:]
 
 _ev_pack = EVENT_HEADER.pack
 _ev_unpack = EVENT_HEADER.unpack_from

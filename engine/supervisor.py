@@ -2,7 +2,7 @@
 
 Modelled on gunicorn's arbiter: the parent does no request work; it prepares what the children
 share (database, rings, listening socket), forks them, and then only reacts to signals and child
-deaths. Children: N acceptors and one writer (forked, so they inherit the listening socket and the
+deaths. Children: N acceptors and TART_WRITERS writers (forked, so they inherit the listening socket and the
 imported code), and the web tier (gunicorn, exec'd, since it runs its own arbiter).
 
 Shutdown order matters for "nothing accepted is lost": acceptors stop first (they flush what
@@ -50,7 +50,7 @@ class Child:
 
     @property
     def name(self) -> str:
-        return f"{self.role}-{self.index}" if self.role == "acceptor" else self.role
+        return f"{self.role}-{self.index}" if self.role in ("acceptor", "writer") else self.role
 
 
 # Taken out of the environment by main(): only the supervisor may speak to systemd
@@ -85,6 +85,11 @@ def _raise_malloc_trim_threshold(value: int) -> None:
         libc.mallopt(-1, value)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
+
+
+def writer_rings(ring_names: list[str], writers: int, index: int) -> list[str]:
+    """The rings writer ``index`` of ``writers`` owns: every writers-th, so each gets a share."""
+    return ring_names[index::writers]
 
 
 def _remove_stale_rings() -> None:
@@ -170,6 +175,13 @@ class Supervisor:
             ensure_partitions(conn)
             conn.execute(RESET_ALL_CONNECTIONS_SQL)
             conn.commit()
+        with connect(self.dsn, autocommit=True) as conn:
+            from tart.engine.writer.rollups import recover
+
+            # Counts that a killed run's writers had not flushed (no writer runs yet).
+            recovered = recover(conn)
+            if recovered:
+                log.info("rollups recovered", extra={"events": recovered})
         log.info("database ready", extra={"embedded": self.cluster is not None, "migrations_applied": len(applied)})
 
         from tart.engine.ring import Ring
@@ -186,7 +198,7 @@ class Supervisor:
         log.info("telemetry listening", extra={"bind": f"{host}:{self.listen_socks[0].getsockname()[1]}"})
 
         self.children = [Child("acceptor", i) for i in range(s.acceptor_count)]
-        self.children.append(Child("writer"))
+        self.children.extend(Child("writer", i) for i in range(s.writer_count))
         self.children.append(Child("web"))
 
     # --- signals ------------------------------------------------------------------------
@@ -237,7 +249,8 @@ class Supervisor:
 
                 for sock in self.listen_socks:
                     sock.close()
-                run_writer(self.ring_names, self.dsn, self.settings)
+                run_writer(writer_rings(self.ring_names, self.settings.writer_count, child.index), self.dsn,
+                           self.settings, child.index)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:

@@ -7,8 +7,10 @@ import datetime as dt
 import gzip
 import multiprocessing
 import os
+import random
 import shutil
 import signal
+import struct
 import tempfile
 import time
 import uuid
@@ -18,9 +20,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tart.engine.codec import decode_event, encode_event
 from tart.engine.codec.jce import JCE_EPOCH_UNIX_US, jce_to_datetime
 from tart.engine.config import Settings
 from tart.engine.db import connect
+from tart.engine.loadgen import _value
 from tart.engine.migrate import migrate
 from tart.engine.pgcluster import EmbeddedCluster
 from tart.engine.record import (
@@ -29,11 +33,15 @@ from tart.engine.record import (
     pack_event,
     pack_node_down,
     pack_node_up,
+    unpack_event,
 )
 from tart.engine.ring import Ring
 from tart.engine.writer import apply_retention, run_writer
 
 CTX = multiprocessing.get_context("fork")
+CORES = 2  # core count of the test nodes (sizes Status and the assurance bitfield)
+OUTLINE = {"size_bytes": 1, "hash": "0x" + "00" * 32, "num_tickets": 0, "num_preimages": 0,
+           "total_preimages_size": 0, "num_guarantees": 0, "num_assurances": 0, "num_dispute_verdicts": 0}
 RING_CAP = 1 << 20
 
 
@@ -55,6 +63,7 @@ class Producer:
     def __init__(self, ring: Ring) -> None:
         self.ring = ring
         self.eids: dict[int, int] = {}
+        self.rng = random.Random(ring.ring_index)
 
     def put(self, recs: list[bytes]) -> None:
         while recs:
@@ -64,17 +73,25 @@ class Producer:
                 time.sleep(0.005)  # the writer holds the space: wait like a backpressured acceptor
 
     def event(self, node: int, event_type: int, body: dict | None = None, *, flags: int = 0,
-              json: bytes | None = None, raw: bytes = b"", ts: int | None = None) -> tuple[bytes, int]:
+              json: bytes | None = None, raw: bytes | None = None, ts: int | None = None) -> tuple[bytes, int]:
+        """A record as an acceptor makes it: a real event of ``event_type`` (random fields, ``body``
+        overriding some), its JSON, and its wire payload. With ``flags``/``json``/``raw`` given,
+        exactly those bytes (for malformed records)."""
         eid = self.eids.get(node, 0)
         self.eids[node] = eid + 1
         ra = now_us()
         if ts is None:
             ts = ra - JCE_EPOCH_UNIX_US
         if json is None:
-            json = orjson.dumps({"Tag": {"timestamp": ts, **(body or {})}})
+            value = {**_value(event_type, self.rng, CORES), **(body or {}), "timestamp": ts}
+            frame = encode_event(event_type, value, CORES)
+            d = decode_event(frame, CORES)
+            json, raw = d.json(), frame[9:]
+            if b"\\u0000" in json:
+                flags |= FLAG_HAS_NUL
         id_ = self.ring.next_id()
         return pack_event(flags=flags, event_type=event_type, id=id_, received_at=ra, timestamp=ts,
-                          event_id=eid, peer_id=peer(node), json=json, raw=raw), id_
+                          event_id=eid, peer_id=peer(node), json=json, raw=raw or b""), id_
 
     def conn_id(self, connected_at: int) -> int:
         # Unique per connection with the ring index in the low 6 bits, like Ring.next_id().
@@ -162,10 +179,10 @@ def test_events_columns_nodes_and_special_rows(rings, fresh_db, data_dir):
     # malformed: decode error message in the JSON part, frame in raw
     bad, bad_id = prod.event(1, 99, flags=FLAG_MALFORMED, json=b"unknown event type 99", raw=b"\x63\x01\x02")
     recs.append(bad)
-    # a string with U+0000, and one with a literal backslash-u0000 text next to it
-    nul_json = orjson.dumps({"Tag": {"timestamp": 1, "reason": "a\x00b", "other": "c\\u0000d"}})
-    nul, nul_id = prod.event(1, 41, flags=FLAG_HAS_NUL, json=nul_json, raw=b"frame-bytes")
-    recs.append(nul)
+    # a string with U+0000, and one with a literal backslash-u0000 text
+    nul, nul_id = prod.event(1, 41, {"reason": "a\x00b"})
+    lit, lit_id = prod.event(1, 41, {"reason": "c\\u0000d"})
+    recs += [nul, lit]
     # a timestamp beyond year 9999
     far, far_id = prod.event(1, 11, {"slot": 999}, ts=2**64 - 1)
     recs.append(far)
@@ -173,18 +190,18 @@ def test_events_columns_nodes_and_special_rows(rings, fresh_db, data_dir):
 
     w = start_writer(rings, fresh_db, settings_for(data_dir))
     try:
-        wait_for(lambda: count(fresh_db) == 23, what="23 events")
+        wait_for(lambda: count(fresh_db) == 24, what="24 events")
         # disconnect, reconnect on the other ring, more events
-        rings[0].write_many([prod.node_down(1, c1, 23)])
+        rings[0].write_many([prod.node_down(1, c1, 24)])
         wait_for(lambda: count(fresh_db, "SELECT count(*) FROM nodes WHERE NOT is_connected") == 1,
                  what="node down")
         prod2 = Producer(rings[1])
         c2 = now_us()
         more = [prod2.node_up(1, c2)] + [prod2.event(1, 11, {"slot": 100 + i})[0] for i in range(5)]
         # a stale NODE_DOWN of the first connection arriving late must not disconnect the new one
-        more.append(prod.node_down(1, c1, 23))
+        more.append(prod.node_down(1, c1, 24))
         prod2.put(more)
-        wait_for(lambda: count(fresh_db) == 28, what="28 events")
+        wait_for(lambda: count(fresh_db) == 29, what="29 events")
         health = orjson.loads((data_dir / "writer.health").read_bytes())
         assert health["pg_ok"] is True and health["pid"] == w.pid
     finally:
@@ -197,24 +214,27 @@ def test_events_columns_nodes_and_special_rows(rings, fresh_db, data_dir):
         for id_, (etype, slot) in expect.items():
             _, node, eid, et, ts, data, created, raw, err = rows[id_]
             assert node == hexid(1) and et == etype and raw is None and err is None
-            assert data["Tag"]["slot"] == slot
-            assert ts == jce_to_datetime(data["Tag"]["timestamp"])
+            assert data["BestBlockChanged"]["slot"] == slot
+            assert ts == jce_to_datetime(data["BestBlockChanged"]["timestamp"])
             assert abs((created - ts).total_seconds()) < 5
         assert [rows[i][2] for i in sorted(expect)] == list(range(20))  # JIP-3 ids from 0
         b = rows[bad_id]
         assert b[5] is None and b[8] == "unknown event type 99" and bytes(b[7]) == b"\x63\x01\x02"
-        n = rows[nul_id]
-        assert n[5]["Tag"]["reason"] == "a\\u0000b" and n[5]["Tag"]["other"] == "c\\u0000d"
-        assert bytes(n[7]) == b"frame-bytes" and n[8] is None
+        # JSONB cannot hold U+0000: the view shows it as the text \u0000, like a literal one
+        n, lt = rows[nul_id], rows[lit_id]
+        assert n[5]["AuthoringFailed"]["reason"] == "a\\u0000b" and n[7] is None and n[8] is None
+        assert lt[5]["AuthoringFailed"]["reason"] == "c\\u0000d"
+        # beyond year 9999: the arrival time stands in, the frame is kept, and there is no data
         f = rows[far_id]
-        assert f[5]["Tag"]["slot"] == 999 and f[4] == f[6] and "out of range" in f[8]
+        assert f[5] is None and f[4] == f[6] and "out of range" in f[8]
+        assert bytes(f[7])[:9] == struct.pack("<QB", 2**64 - 1, 11)
 
         node = c.execute("SELECT is_connected, connected_at, disconnected_at, event_count, connection_count,"
                          " implementation_name, node_info, address FROM nodes WHERE node_id = %s",
                          (hexid(1),)).fetchone()
         assert node[0] is True and node[2] is None
         assert node[1] == dt.datetime.fromtimestamp(c2 / 1e6, dt.UTC)
-        assert node[3] == 28 and node[4] == 2
+        assert node[3] == 29 and node[4] == 2
         assert node[5] == "impl" and node[6] == {"name": "impl"} and node[7] == "127.0.0.1:5000"
         cur = c.execute("SELECT ring_name, position FROM ring_cursors ORDER BY 1").fetchall()
         assert [r[0] for r in cur] == sorted(r.name for r in rings)
@@ -222,16 +242,19 @@ def test_events_columns_nodes_and_special_rows(rings, fresh_db, data_dir):
 
 
 def test_bad_row_isolated_without_losing_batch_mates(rings, fresh_db, data_dir):
+    """A row PostgreSQL rejects (here through a CHECK constraint the test adds: compact rows leave
+    PostgreSQL nothing of its own to reject) is stored with its frame and the reason; its batch
+    mates are stored normally."""
+    with connect(fresh_db, autocommit=True) as c:
+        c.execute("ALTER TABLE event_rows ADD CONSTRAINT not_57_201 CHECK (event_id NOT IN (57, 201)"
+                  " OR decode_error IS NOT NULL)")
     prod = Producer(rings[0])
-    recs, bad_ids = [], []
+    recs, bad = [], {}
     for i in range(300):
-        if i in (57, 201):
-            # NUL escape without the HAS_NUL flag: JSONB rejects this row
-            rec, id_ = prod.event(2, 30, json=b'{"Tag":{"timestamp":1,"s":"x\\u0000"}}')
-            bad_ids.append(id_)
-        else:
-            rec, _ = prod.event(2, 30, {"i": i})
+        rec, id_ = prod.event(2, 11, {"slot": i})
         recs.append(rec)
+        if i in (57, 201):
+            bad[id_] = unpack_event(rec)
     prod.put(recs)
     w = start_writer(rings, fresh_db, settings_for(data_dir, batch_max=1000))
     try:
@@ -241,12 +264,14 @@ def test_bad_row_isolated_without_losing_batch_mates(rings, fresh_db, data_dir):
     with connect(fresh_db, autocommit=True) as c:
         rows = c.execute("SELECT id, data, raw, decode_error FROM events WHERE decode_error IS NOT NULL"
                          " ORDER BY id").fetchall()
-        assert [r[0] for r in rows] == bad_ids
-        for _, data, raw, err in rows:
-            assert data is None and err.startswith("rejected by PostgreSQL:")
-            assert bytes(raw) == b'{"Tag":{"timestamp":1,"s":"x\\u0000"}}'
+        assert [r[0] for r in rows] == sorted(bad)
+        for id_, data, raw, err in rows:
+            assert data is None and err.startswith("rejected by PostgreSQL:") and "not_57_201" in err
+            r = bad[id_]
+            assert bytes(raw) == struct.pack("<QB", r.timestamp, 11) + r.raw  # the frame
         assert count(fresh_db, "SELECT count(*) FROM events WHERE data IS NOT NULL") == 298
-        assert c.execute("SELECT event_count FROM nodes WHERE node_id = %s", (hexid(2),)).fetchone()[0] == 300
+    wait_for(lambda: count(fresh_db, "SELECT event_count FROM nodes WHERE node_id = %s", (hexid(2),)) == 300,
+             what="event_count 300")
 
 
 # --- crash safety --------------------------------------------------------------------------
@@ -257,7 +282,7 @@ def _stream(prod: Producer, n: int, node: int, chunk: int = 200, pause: float = 
     for start in range(0, n, chunk):
         batch = []
         for _ in range(min(chunk, n - start)):
-            rec, id_ = prod.event(node, 30, {"pad": "x" * 40})
+            rec, id_ = prod.event(node, 41, {"reason": "x" * 40})
             batch.append(rec)
             ids.append(id_)
         prod.put(batch)
@@ -334,16 +359,16 @@ def test_node_status_blocks_and_hourly(rings, fresh_db, data_dir):
     recs.append(prod.event(7, 10, {"num_peers": 5, "num_val_peers": 4, "num_sync_peers": 3,
                                    "num_guarantees": [1, 2], "num_shards": 9, "shards_size": 2**40,
                                    "num_preimages": 6, "preimages_size": 7})[0])
-    recs.append(prod.event(7, 11, {"slot": 41, "hash": "0xaa"})[0])
-    recs.append(prod.event(7, 11, {"slot": 42, "hash": "0xbb"})[0])
-    recs.append(prod.event(7, 12, {"slot": 40, "hash": "0xcc"})[0])
+    recs.append(prod.event(7, 11, {"slot": 41, "hash": "0x" + "aa" * 32})[0])
+    recs.append(prod.event(7, 11, {"slot": 42, "hash": "0x" + "bb" * 32})[0])
+    recs.append(prod.event(7, 12, {"slot": 40, "hash": "0x" + "cc" * 32})[0])
     recs.append(prod.event(7, 13, {"synced": True})[0])
-    authoring, _ = prod.event(7, 40, {"slot": 42, "parent": "0x00"})  # node 7 event_id 5
+    authoring, _ = prod.event(7, 40, {"slot": 42})  # node 7 event_id 5
     recs.append(authoring)
-    recs.append(prod.event(7, 42, {"authoring_id": 5, "outline": {"hash": h}})[0])
-    recs.append(prod.event(7, 47, {"authoring_or_importing_id": 5, "accumulate_costs": []})[0])
-    recs.append(prod.event(8, 43, {"slot": 42, "outline": {"hash": h}})[0])  # node 8 event_id 0
-    recs.append(prod.event(8, 47, {"authoring_or_importing_id": 0, "accumulate_costs": []})[0])
+    recs.append(prod.event(7, 42, {"authoring_id": 5, "outline": {**OUTLINE, "hash": h}})[0])
+    recs.append(prod.event(7, 47, {"authoring_or_importing_id": 5})[0])
+    recs.append(prod.event(8, 43, {"slot": 42, "outline": {**OUTLINE, "hash": h}})[0])  # node 8 event_id 0
+    recs.append(prod.event(8, 47, {"authoring_or_importing_id": 0})[0])
     recs.append(prod.event(8, 11, {"slot": 42, "hash": h})[0])
     prod.put(recs)
     w = start_writer(rings, fresh_db, settings_for(data_dir))
@@ -358,7 +383,7 @@ def test_node_status_blocks_and_hourly(rings, fresh_db, data_dir):
         st = c.execute("SELECT num_peers, num_val_peers, num_sync_peers, num_guarantees, num_shards, shards_size,"
                        " num_preimages, preimages_size, best_slot, best_hash, finalized_slot, finalized_hash,"
                        " is_synced FROM node_status WHERE node_id = %s", (hexid(7),)).fetchone()
-        assert st == (5, 4, 3, [1, 2], 9, 2**40, 6, 7, 42, "0xbb", 40, "0xcc", False)
+        assert st == (5, 4, 3, [1, 2], 9, 2**40, 6, 7, 42, "0x" + "bb" * 32, 40, "0x" + "cc" * 32, False)
         st8 = c.execute("SELECT num_peers, best_slot, best_hash FROM node_status WHERE node_id = %s",
                         (hexid(8),)).fetchone()
         assert st8 == (None, 42, h)
@@ -377,51 +402,58 @@ def test_node_status_blocks_and_hourly(rings, fresh_db, data_dir):
 
 def test_retention_archives_and_drops_old_partitions(fresh_db, data_dir):
     now = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
+    ts = int(now.timestamp() * 1e6) - JCE_EPOCH_UNIX_US
+    frame = encode_event(11, {"timestamp": ts, "slot": 7, "hash": "0x" + "cd" * 32}, 0)
     with connect(fresh_db, autocommit=True) as c:
+        key = c.execute("INSERT INTO nodes (node_id, peer_id) VALUES (%s, %s) RETURNING node_key",
+                        (hexid(1), hexid(1))).fetchone()[0]
         for d in range(0, 6):
             day = (now - dt.timedelta(days=d)).date()
             c.execute("SELECT tart_ensure_partition(%s::date)", (day,))
             c.execute(
-                "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at, raw,"
-                " decode_error) VALUES (%s, %s, 0, 11, %s, %s, %s, %s, %s)",
-                (d, hexid(1), now, orjson.dumps({"T": {"d": d}}).decode(), now - dt.timedelta(days=d),
-                 b"\x01\x02" if d == 5 else None, "err" if d == 5 else None))
-        c.execute("INSERT INTO event_stats_hourly VALUES (%s, %s, 11, 3)", (now - dt.timedelta(days=5), hexid(1)))
+                "INSERT INTO event_rows (id, event_id, timestamp, created_at, node_key, event_type, payload,"
+                " decode_error) VALUES (%s, 0, %s, %s, %s, 11, %s, %s)",
+                (d, now, now - dt.timedelta(days=d), key, b"\x01\x02" if d == 5 else frame[9:],
+                 "err" if d == 5 else None))
+        c.execute("INSERT INTO event_counts_hourly VALUES (%s, %s, 11, 3)", (now - dt.timedelta(days=5), key))
         archive = data_dir / "archive"
         dropped = apply_retention(c, 3, str(archive), now=now)
         # wholly older than 3 days: the partitions of days -4 and -5 (day -3 ends after the cutoff)
-        assert dropped == ["events_20261121", "events_20261122"]
+        assert dropped == ["event_rows_20261121", "event_rows_20261122"]
         left = [r[0] for r in c.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'events'::regclass ORDER BY 1")]
-        assert left == ["events_20261123", "events_20261124", "events_20261125", "events_20261126"]
+            " WHERE i.inhparent = 'event_rows'::regclass ORDER BY 1")]
+        assert left == ["event_rows_20261123", "event_rows_20261124", "event_rows_20261125", "event_rows_20261126"]
         assert count(fresh_db, "SELECT count(*) FROM event_stats_hourly") == 1
         assert apply_retention(c, 0, str(archive), now=now) == []
-    lines = [orjson.loads(x) for x in gzip.open(archive / "events_20261121.jsonl.gz").read().splitlines()]
+    lines = [orjson.loads(x) for x in gzip.open(archive / "event_rows_20261121.jsonl.gz").read().splitlines()]
     assert lines == [{"id": 5, "node_id": hexid(1), "event_id": 0, "event_type": 11,
-                      # the tart-export --raw envelope (the node has no row: empty name/version)
-                      "timestamp": "2026-11-26T12:00:00.000000Z", "data": {"T": {"d": 5}},
+                      # the tart-export --raw envelope
+                      "timestamp": "2026-11-26T12:00:00.000000Z", "data": None,
                       "node_name": "", "node_version": "", "received_at": "2026-11-21T12:00:00.000000Z",
                       "decode_error": "err", "raw": "0x0102"}]
-    assert sorted(p.name for p in archive.iterdir()) == ["events_20261121.jsonl.gz", "events_20261122.jsonl.gz"]
+    day4 = [orjson.loads(x) for x in gzip.open(archive / "event_rows_20261122.jsonl.gz").read().splitlines()]
+    assert day4[0]["data"] == {"BestBlockChanged": {"timestamp": ts, "slot": 7, "hash": "0x" + "cd" * 32}}
+    assert sorted(p.name for p in archive.iterdir()) == ["event_rows_20261121.jsonl.gz", "event_rows_20261122.jsonl.gz"]
 
 
 def test_retention_without_archive_dir(fresh_db):
     with connect(fresh_db) as c:  # autocommit off, as tart.engine.db.connect gives by default
         c.execute("SELECT tart_ensure_partition('2020-01-01'::date)")
         c.commit()
-        assert apply_retention(c, 30, "") == ["events_20200101"]
-    assert count(fresh_db, "SELECT count(*) FROM pg_class WHERE relname = 'events_20200101'") == 0
+        assert apply_retention(c, 30, "") == ["event_rows_20200101"]
+    assert count(fresh_db, "SELECT count(*) FROM pg_class WHERE relname = 'event_rows_20200101'") == 0
 
 
 def test_missing_partition_is_created(rings, fresh_db, data_dir):
     """A record whose arrival day has no partition (clock jump) is stored after creating it."""
     prod = Producer(rings[0])
-    rec, id_ = prod.event(9, 30, {"x": 1})
+    rec, id_ = prod.event(9, 11, {"slot": 1}, ts=1)
     # rewrite received_at to 10 days ahead
     future = now_us() + 10 * 86_400_000_000
-    rec = pack_event(flags=0, event_type=30, id=id_, received_at=future, timestamp=1, event_id=0,
-                     peer_id=peer(9), json=b'{"Tag":{"timestamp":1}}')
+    r = unpack_event(rec)
+    rec = pack_event(flags=0, event_type=11, id=id_, received_at=future, timestamp=1, event_id=0,
+                     peer_id=peer(9), json=r.json, raw=r.raw)
     prod.put([rec])
     w = start_writer(rings, fresh_db, settings_for(data_dir))
     try:
@@ -435,7 +467,7 @@ def test_restart_skips_what_the_stored_cursor_covers(rings, fresh_db, data_dir):
     """A writer that committed a batch to PostgreSQL but died before releasing it in the ring: its
     successor must resume at the stored cursor, not at the ring's gate (else duplicates)."""
     prod = Producer(rings[0])
-    made = [prod.event(10, 30, {"i": i}) for i in range(10)]
+    made = [prod.event(10, 11, {"slot": i}) for i in range(10)]
     prod.put([r for r, _ in made])
     peek = rings[0].gate_reader()
     peek.read(4)
@@ -445,7 +477,7 @@ def test_restart_skips_what_the_stored_cursor_covers(rings, fresh_db, data_dir):
     w = start_writer(rings, fresh_db, settings_for(data_dir))
     try:
         wait_for(lambda: count(fresh_db) >= 6, what="6 rows")
-        rings[1].write_many([Producer(rings[1]).event(11, 30, {})[0]])  # stale uuid: read from the gate
+        rings[1].write_many([Producer(rings[1]).event(11, 11, {})[0]])  # stale uuid: read from the gate
         wait_for(lambda: count(fresh_db) >= 7, what="7 rows")
     finally:
         stop_writer(w)
@@ -464,7 +496,7 @@ def test_escape_nul_json_keeps_escaped_backslashes():
 
 def test_unreadable_ring_records_are_skipped_not_fatal(rings, fresh_db, data_dir):
     prod = Producer(rings[0])
-    good = [prod.event(12, 30, {"i": i}) for i in range(3)]
+    good = [prod.event(12, 11, {"slot": i}) for i in range(3)]
     prod.put([good[0][0], b"\x01short", good[1][0], b"\x09unknown kind", good[2][0]])
     w = start_writer(rings, fresh_db, settings_for(data_dir))
     try:
@@ -482,14 +514,14 @@ def test_table_level_failure_holds_the_batch_instead_of_rejecting_rows(rings, fr
     try:
         wait_for(lambda: (data_dir / "writer.health").exists(), what="writer running")
         with connect(fresh_db, autocommit=True) as c:
-            c.execute("ALTER TABLE events RENAME TO events_away")
+            c.execute("ALTER TABLE event_rows RENAME TO events_away")
         prod = Producer(rings[0])
-        made = [prod.event(13, 30, {"i": i}) for i in range(50)]
+        made = [prod.event(13, 11, {"slot": i}) for i in range(50)]
         prod.put([r for r, _ in made])
         time.sleep(2)
         assert rings[0].gate_pos == 0 and w.is_alive()
         with connect(fresh_db, autocommit=True) as c:
-            c.execute("ALTER TABLE events_away RENAME TO events")
+            c.execute("ALTER TABLE events_away RENAME TO event_rows")
         wait_for(lambda: count(fresh_db) == 50, what="50 rows once the table is back")
     finally:
         stop_writer(w)

@@ -11,9 +11,23 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
+from tart.engine import eventrows
 from tart.engine.db import utc_conninfo
+from tart.engine.eventrows import (
+    R_CREATED,
+    R_EID,
+    R_ERROR,
+    R_ID,
+    R_NAME,
+    R_NODE,
+    R_PAYLOAD,
+    R_TS,
+    R_TYPE,
+    R_VERSION,
+)
 from tart.engine.timefmt import fmt_dt, now_str, unix_us_to_dt
 from tart.web.params import EventQuery
+from tart.web.ringsource import fmt_us
 
 # How long a request waits for a pooled connection before it is answered 503 (PostgreSQL away or
 # every connection busy).
@@ -95,11 +109,11 @@ async def node_names(pool: AsyncConnectionPool, node_ids: list[str]) -> dict[str
         return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 
 
-def _event_sql(q: EventQuery) -> tuple[str, list[Any]]:
+def _event_where(q: EventQuery) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     args: list[Any] = []
     if q.node_id is not None:
-        where.append("e.node_id = %s")
+        where.append("e.node_key = (SELECT node_key FROM nodes WHERE node_id = %s)")
         args.append(q.node_id)
     if q.event_types is not None:
         where.append("e.event_type = ANY(%s::smallint[])")
@@ -110,44 +124,80 @@ def _event_sql(q: EventQuery) -> tuple[str, list[Any]]:
     if q.until_us is not None:
         where.append("e.timestamp < %s")
         args.append(unix_us_to_dt(q.until_us))
-    if q.before_id is not None:
+    return where, args
+
+
+def _event_sql(q: EventQuery, lo: int | None, hi: int | None, limit: int) -> tuple[str, list[Any]]:
+    where, args = _event_where(q)
+    if hi is not None:
         where.append("e.id < %s")
-        args.append(q.before_id)
-    sql = (
-        "SELECT e.id, e.node_id, e.event_id, e.event_type, e.timestamp, e.data, e.created_at, e.decode_error,"
-        " n.implementation_name, n.implementation_version"
-        " FROM events e LEFT JOIN nodes n ON n.node_id = e.node_id"
-    )
+        args.append(hi)
+    if lo is not None:
+        where.append("e.id >= %s")
+        args.append(lo)
+    sql = eventrows.SELECT.format(table="event_rows")
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY e.id DESC LIMIT %s"
-    args.append(q.limit + 1)
+    args.append(limit)
     return sql, args
 
 
 def event_row(r: tuple) -> dict[str, Any]:
     env = {
-        "id": r[0],
-        "node_id": r[1],
-        "event_id": r[2],
-        "event_type": r[3],
-        "timestamp": fmt_dt(r[4]),
-        "data": r[5],
-        "node_name": r[8] or "",
-        "node_version": r[9] or "",
-        "received_at": fmt_dt(r[6]),
+        "id": r[R_ID],
+        "node_id": r[R_NODE],
+        "event_id": r[R_EID],
+        "event_type": r[R_TYPE],
+        "timestamp": fmt_us(r[R_TS]),
+        "data": eventrows.event_data(r[R_TYPE], r[R_TS], r[R_PAYLOAD], r[R_ERROR]),
+        "node_name": r[R_NAME] or "",
+        "node_version": r[R_VERSION] or "",
+        "received_at": fmt_us(r[R_CREATED]),
     }
-    if r[7] is not None:
-        env["decode_error"] = r[7]
+    if r[R_ERROR] is not None:
+        env["decode_error"] = r[R_ERROR]
     return env
 
 
+# Lower bound of every stored id (the oldest partition's day start), per worker.
+_FLOOR: list[float] = [0.0, 0.0]  # [id floor, monotonic time it was read]
+FLOOR_TTL_S = 60.0
+
+
+async def _id_floor(conn: psycopg.AsyncConnection) -> int:
+    now = time.monotonic()
+    if now - _FLOOR[1] < FLOOR_TTL_S:
+        return int(_FLOOR[0])
+    cur = await conn.execute(eventrows.PARTITIONS_SQL)
+    starts = [s for (name,) in await cur.fetchall() if (s := eventrows.partition_day_start_us(name)) is not None]
+    floor = eventrows.id_of_unix_us(min(starts)) if starts else 0
+    _FLOOR[0], _FLOOR[1] = floor, now
+    return floor
+
+
 async def list_events(pool: AsyncConnectionPool, q: EventQuery) -> list[tuple]:
-    """Up to limit+1 rows, newest id first; `event_row` makes the envelope (only of rows kept)."""
-    sql, args = _event_sql(q)
+    """Up to limit+1 rows, newest id first; `event_row` makes the envelope (only of rows kept).
+
+    A node or type filter walks its btree newest first. Without one, there is no index in id
+    order (a btree on id alone would cost ~30 B per stored event): the rows come from windows of
+    ids going back from the cursor, each found through the BRIN index on id, widening until the
+    page is full or the oldest partition is reached."""
+    need = q.limit + 1
     async with pool.connection() as conn:
-        cur = await conn.execute(sql, args)
-        return await cur.fetchall()
+        if q.node_id is not None or q.event_types is not None:
+            sql, args = _event_sql(q, None, q.before_id, need)
+            cur = await conn.execute(sql, args)
+            return await cur.fetchall()
+        hi = q.before_id if q.before_id is not None else eventrows.id_of_unix_us(time.time_ns() // 1000 + 3_600_000_000)
+        rows: list[tuple] = []
+        for lo, top in eventrows.newest_first_windows(hi, await _id_floor(conn)):
+            sql, args = _event_sql(q, lo, top, need - len(rows))
+            cur = await conn.execute(sql, args)
+            rows.extend(await cur.fetchall())
+            if len(rows) >= need:
+                break
+        return rows
 
 
 async def ping(pool: AsyncConnectionPool) -> float:

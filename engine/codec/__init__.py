@@ -4,8 +4,18 @@ One declarative table (schema.py) built from composable types (types.py) drives 
 """
 
 from .errors import DecodeError
+from .events import (
+    EVENT_NAMES,
+    EVENT_TYPES,
+    Decoded,
+    decode_event,
+    decode_payload,
+    encode_event,
+    event_json,
+    event_schema,
+    payload_json,
+)
 from .eventtype import EventType
-from .events import EVENT_NAMES, EVENT_TYPES, Decoded, decode_event, encode_event, event_json, event_schema
 from .jce import JCE_EPOCH_UNIX_US, jce_to_datetime
 from .natural import decode_natural, encode_natural
 from .nodeinfo import NodeInfo, decode_node_info, encode_node_info
@@ -20,6 +30,7 @@ __all__ = [
     "JCE_EPOCH_UNIX_US",
     "NodeInfo",
     "decode_event",
+    "decode_payload",
     "decode_natural",
     "decode_node_info",
     "encode_event",
@@ -27,6 +38,7 @@ __all__ = [
     "encode_node_info",
     "event_json",
     "event_schema",
+    "payload_json",
     "jce_to_datetime",
     "peer_address_text",
 ]

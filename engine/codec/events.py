@@ -16,7 +16,7 @@ import orjson
 from .errors import Bad, DecodeError
 from .natural import nat
 from .schema import EVENTS
-from .types import HELPERS, Composite, Gen, RunInfo, Type
+from .types import HELPERS, Composite, CoreBits, CoreCounts, Gen, RunInfo, Type
 
 EVENT_NAMES: dict[int, str] = {et: tag for et, (tag, _) in EVENTS.items()}
 EVENT_TYPES: dict[str, int] = {tag: et for et, tag in EVENT_NAMES.items()}
@@ -119,6 +119,45 @@ def decode_event(buf: bytes, core_count: int) -> Decoded:
     if fn is None:
         raise DecodeError(et, "discriminator", f"unknown event type {et}")
     return _tuple_new(Decoded, (ts, et, fn(buf, 9, core_count, ts)))
+
+
+def _flatten(t: Type) -> list[Type]:
+    members = getattr(t, "members", None)
+    if members is None:
+        return [t]
+    return [leaf for _, m in members for leaf in _flatten(m)]
+
+
+def _core_sized(body: Composite) -> tuple[int, int] | None:
+    """(bytes of the other fields, bytes per core unit: 1 for [u8; C], 8 for a bitfield's C per
+    byte) for an event with a C-sized field, else None. Such events are fixed-width apart from
+    that one field, so a stored payload's length alone gives the field's size."""
+    leaves = _flatten(body)
+    sized = [t for t in leaves if isinstance(t, (CoreCounts, CoreBits))]
+    if not sized:
+        return None
+    assert len(sized) == 1 and all(t.fixed for t in leaves if t is not sized[0]), "C-sized event not fixed-width"
+    return sum(t.size for t in leaves if t is not sized[0]), 8 if isinstance(sized[0], CoreBits) else 1
+
+
+_CORE_SIZED = {et: cs for et, body in _BODIES.items() if (cs := _core_sized(body)) is not None}
+
+
+def decode_payload(event_type: int, timestamp: int, payload: bytes) -> Decoded:
+    """Decode a stored payload (the frame after timestamp and discriminator) without the node's
+    core count: the only events that need C are fixed-width apart from their C-sized field, so C
+    follows from the payload's length. DecodeError as decode_event."""
+    fn = _DECODERS.get(event_type)
+    if fn is None:
+        raise DecodeError(event_type, "discriminator", f"unknown event type {event_type}")
+    cs = _CORE_SIZED.get(event_type)
+    c = 0 if cs is None else max(0, len(payload) - cs[0]) * cs[1]
+    return _tuple_new(Decoded, (timestamp, event_type, fn(payload, 0, c, timestamp)))
+
+
+def payload_json(event_type: int, timestamp: int, payload: bytes) -> bytes:
+    """`{"Tag": {...}}` of a stored payload, as the acceptor rendered it."""
+    return _JSON_PREFIX[event_type] + orjson.dumps(decode_payload(event_type, timestamp, payload)[2]) + b"}"
 
 
 def encode_event(event_type: int, value: dict, core_count: int) -> bytes:

@@ -1,0 +1,92 @@
+"""Reading stored events: the SELECT over ``event_rows``, JSON rendered from the wire payload with
+the codec, and id windows for walking events in id order without a btree on ``id``.
+
+Used by the web tier's history (tart.web.store) and by tart-export and retention archives
+(tart.engine.export): one place knows how a row turns into the REST envelope.
+
+Ids are ``(t << 6) | ring`` with ``t`` the arrival time in µs (engine/ring.py), so "the newest
+events before id X" lie in a window of ids just below X: the BRIN index on ``id`` finds a window
+in a few block ranges, and a walk widens its window until it has enough rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from tart.engine.codec import DecodeError
+from tart.engine.codec.events import EVENT_NAMES, decode_payload
+from tart.engine.codec.jce import JCE_EPOCH_UNIX_US
+
+# Times leave the server as unix µs: cheaper there than text, and here than datetimes.
+SELECT = (
+    "SELECT e.id, n.node_id, e.event_id, e.event_type,"
+    " (extract(epoch FROM e.timestamp) * 1000000)::int8,"
+    " e.payload,"
+    " (extract(epoch FROM e.created_at) * 1000000)::int8,"
+    " e.decode_error, n.implementation_name, n.implementation_version"
+    " FROM {table} e LEFT JOIN nodes n ON n.node_key = e.node_key"
+)
+# Row positions in SELECT's result
+R_ID, R_NODE, R_EID, R_TYPE, R_TS, R_PAYLOAD, R_CREATED, R_ERROR, R_NAME, R_VERSION = range(10)
+
+ID_SHIFT = 6
+FIRST_WINDOW_US = 2_000_000  # newest-first walks start with 2 s of ids and widen 8x
+WIDEN = 8
+
+
+def event_data(event_type: int, ts_unix_us: int, payload: bytes, decode_error: str | None) -> Any:
+    """The event JSON object (``{"Tag": {...}}``) of a stored row, or None for a row that has a
+    decode_error (its payload is the frame as received, not a decodable event)."""
+    if decode_error is not None:
+        return None
+    try:
+        d = decode_payload(event_type, ts_unix_us - JCE_EPOCH_UNIX_US, bytes(payload))
+    except DecodeError:
+        return None  # cannot happen for rows tart wrote; a hand-edited row shows no data
+    return {EVENT_NAMES[event_type]: d[2]}
+
+
+def id_of_unix_us(us: int) -> int:
+    return us << ID_SHIFT
+
+
+def newest_first_windows(before_id: int, floor_id: int) -> Iterator[tuple[int, int]]:
+    """``[lo, hi)`` id windows going back from ``before_id`` (exclusive), each WIDEN times the
+    previous one, until ``floor_id`` (no stored id is below it)."""
+    hi = before_id
+    width = id_of_unix_us(FIRST_WINDOW_US)
+    while hi > floor_id:
+        lo = max(floor_id, hi - width)
+        yield lo, hi
+        hi = lo
+        width *= WIDEN
+
+
+def ascending_windows(lo_id: int, hi_id: int, width_us: int) -> Iterator[tuple[int, int]]:
+    """``[lo, hi)`` id windows of ``width_us`` each, from ``lo_id`` up to ``hi_id``."""
+    width = id_of_unix_us(width_us)
+    lo = lo_id
+    while lo < hi_id:
+        yield lo, min(hi_id, lo + width)
+        lo += width
+
+
+# Names of the daily event partitions, oldest first: every stored id is at or above the first
+# one's day start (an id's time is its arrival time, which the partition bounds).
+PARTITIONS_SQL = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = 'event_rows'::regclass ORDER BY 1"
+)
+DAY_US = 86_400_000_000
+
+
+def partition_day_start_us(name: str) -> int | None:
+    """Unix µs at which the partition ``event_rows_YYYYMMDD`` begins (None for another name)."""
+    import datetime as dt
+
+    head, _, day = name.rpartition("_")
+    if head != "event_rows" or len(day) != 8 or not day.isdigit():
+        return None
+    d = dt.datetime.strptime(day, "%Y%m%d").replace(tzinfo=dt.UTC)
+    return int(d.timestamp()) * 1_000_000
