@@ -24,15 +24,15 @@ from __future__ import annotations
 from .schema import EVENTS
 from .sqlgen_types import (
     HELPERS_SQL,
-    MAX_KEYS,
+    Json,
     Off,
     build,
     c_sized,
-    c_sized_expr,
+    c_sized_json,
     fixed_checks,
-    fixed_expr,
+    fixed_json,
+    key,
     leaves,
-    lit,
 )
 from .types import Composite, Option, Seq, String, Type
 
@@ -69,10 +69,12 @@ def _c_layout(body: Composite) -> int | None:
     return sum(t.size for t in others)
 
 
-def _wrap(tag: str, body: Composite, exprs: list[str]) -> str:
-    assert len(exprs) < MAX_KEYS, "event too wide for one jsonb_build_object"
-    pairs = "".join(f", {lit(k)}, {e}" for (k, _), e in zip(body.members, exprs, strict=True))
-    return f"jsonb_build_object({lit(tag)}, jsonb_build_object('timestamp', ts{pairs}))"
+def _wrap(tag: str, body: Composite, values: list[Json]) -> str:
+    """`("{"Tag":{"timestamp":ts,...}}")::jsonb`: one parse of the whole text."""
+    out = Json.text("{" + key(tag) + "{" + key("timestamp")) + Json.sql("ts::text")
+    for (k, _), v in zip(body.members, values, strict=True):
+        out += Json.text("," + key(k)) + v
+    return f"({(out + Json.text('}}')).render()})::jsonb"
 
 
 def _guarded(conditions: list[str], value: str) -> str:
@@ -86,30 +88,30 @@ def _sql_event(et: int, tag: str, body: Composite, fixed_bytes: int, has_c: bool
     """A fixed-width event (up to one C-sized field) as a single inlinable SQL expression."""
     checks: list[str] = []
 
-    def walk(t: Type, off: Off) -> tuple[str, Off]:
+    def walk(t: Type, off: Off) -> tuple[Json, Off]:
         if c_sized(t):
             assert not off.terms
             # Everything after this field sits at a fixed distance from the payload's end.
-            return c_sized_expr(t, off, f"length(p) - {fixed_bytes}"), Off(("length(p)",), off.k - fixed_bytes)
+            return c_sized_json(t, off, f"length(p) - {fixed_bytes}"), Off(("length(p)",), off.k - fixed_bytes)
         if isinstance(t, Composite) and not t.fixed:
-            exprs = []
+            values = []
             for _, m in t.members:
-                e, off = walk(m, off)
-                exprs.append(e)
-            return build(t, exprs), off
+                v, off = walk(m, off)
+                values.append(v)
+            return build(t, values), off
         checks.extend(fixed_checks(t, off))
-        return fixed_expr(t, off), off + t.size
+        return fixed_json(t, off), off + t.size
 
-    exprs = []
+    values = []
     off = Off()
     for _, t in body.members:
-        e, off = walk(t, off)
-        exprs.append(e)
+        v, off = walk(t, off)
+        values.append(v)
     length_ok = f"length(p) >= {fixed_bytes}" if has_c else f"length(p) = {fixed_bytes}"
-    value = _guarded(checks, _wrap(tag, body, exprs))
+    value = _guarded(checks, _wrap(tag, body, values))
     return (
         f"CREATE OR REPLACE FUNCTION tart_ev_{et}(ts numeric, p bytea) RETURNS jsonb\n"
-        "LANGUAGE sql STABLE PARALLEL SAFE\n"
+        "LANGUAGE sql IMMUTABLE PARALLEL SAFE\n"
         f"AS $$ SELECT CASE WHEN {length_ok} THEN {value} END $$;\n"
     )
 
@@ -150,41 +152,41 @@ class _Pl:
         self.emit("END IF;")
         return c, o
 
-    def dec(self, t: Type, off: Off) -> tuple[str, Off]:
-        """Emit what decoding `t` at `off` needs; return its value expression and the next offset."""
+    def dec(self, t: Type, off: Off) -> tuple[Json, Off]:
+        """Emit what decoding `t` at `off` needs; return its JSON text and the next offset."""
         if t.fixed:
             self.checks += fixed_checks(t, off)
-            return fixed_expr(t, off), off + t.size
+            return fixed_json(t, off), off + t.size
         if isinstance(t, Composite):
-            exprs = []
+            values = []
             for _, m in t.members:
-                e, off = self.dec(m, off)
-                exprs.append(e)
-            return build(t, exprs), off
+                v, off = self.dec(m, off)
+                values.append(v)
+            return build(t, values), off
         if isinstance(t, String):
             c, o = self.nat(off)
             s = self.var("s", "text")
             self.emit(f"{s} := CASE WHEN {c} <= {t.bound} AND {c} <= n - {o}"
-                      f" THEN tart_utf8(substring(p FROM {o} + 1 FOR {c})) END;")
+                      f" THEN to_json(tart_utf8(substring(p FROM {o} + 1 FOR {c})))::text END;")
             self.emit(f"IF {s} IS NULL THEN RETURN NULL; END IF;")
-            return s, Off((o, c))
+            return Json.sql(s), Off((o, c))
         if isinstance(t, Option):
             return self._option(t, off)
         if isinstance(t, Seq):
             return self._seq(t, off)
         raise TypeError(f"no SQL decoder for {t.label}")
 
-    def _close(self, value: str, end: Off, bounded: bool) -> str:
-        """End of a scope: test bounds and pending checks, then return `value` as jsonb."""
+    def _close(self, value: Json, end: Off, bounded: bool) -> str:
+        """End of a scope: test bounds and pending checks, then return `value` as SQL."""
         if not bounded:
             self.emit(f"IF {end.sql()} > n THEN RETURN NULL; END IF;")
         if self.checks:
             self.emit(f"IF NOT ({' AND '.join(self.checks)}) THEN RETURN NULL; END IF;")
         self.checks = []
-        return f"to_jsonb({value})"
+        return value.render()
 
-    def _option(self, t: Option, off: Off) -> tuple[str, Off]:
-        b, v, o, at = self.var("b", "integer"), self.var("v", "jsonb"), self.var("o", "integer"), off.sql()
+    def _option(self, t: Option, off: Off) -> tuple[Json, Off]:
+        b, v, o, at = self.var("b", "integer"), self.var("v", "text"), self.var("o", "integer"), off.sql()
         self.emit(f"{b} := CASE WHEN {at} < n THEN get_byte(p, {at}) ELSE -1 END;")
         self.emit(f"IF {b} = 0 THEN")
         self.emit(f"    {v} := 'null'; {o} := {at} + 1;")
@@ -196,16 +198,16 @@ class _Pl:
         self.checks = outer
         self.depth -= 1
         self.emit("ELSE RETURN NULL; END IF;")
-        return v, Off((o,))
+        return Json.sql(v), Off((o,))
 
-    def _seq(self, t: Seq, off: Off) -> tuple[str, Off]:
+    def _seq(self, t: Seq, off: Off) -> tuple[Json, Off]:
         c, o = self.nat(off)
         item = t.inner
         if item.fixed:
             self.emit(f"IF {c} > (n - {o}) / {item.size} THEN RETURN NULL; END IF;")
         else:
             self.emit(f"IF {c} > n - {o} THEN RETURN NULL; END IF;")  # every item takes a byte or more
-        a, q, v = self.var("a", "jsonb[]"), self.var("q", "integer"), self.var("v", "jsonb")
+        a, q, v = self.var("a", "text[]"), self.var("q", "integer"), self.var("v", "text")
         self.emit(f"{a} := '{{}}'; {q} := {o};")
         self.emit(f"FOR i IN 1..{c} LOOP")
         self.depth += 1
@@ -215,19 +217,19 @@ class _Pl:
         self.checks = outer
         self.depth -= 1
         self.emit("END LOOP;")
-        self.emit(f"{v} := to_jsonb({a});")
-        return v, Off((q,))
+        self.emit(f"{v} := '[' || array_to_string({a}, ',') || ']';")
+        return Json.sql(v), Off((q,))
 
 
 def _pl_event(et: int, tag: str, body: Composite) -> str:
     g = _Pl()
-    exprs = []
+    values = []
     off = Off()
     for _, t in body.members:
-        e, off = g.dec(t, off)
-        exprs.append(e)
+        v, off = g.dec(t, off)
+        values.append(v)
     g.emit(f"IF {off.sql()} <> n THEN RETURN NULL; END IF;")
-    g.emit(f"RETURN {_guarded(g.checks, _wrap(tag, body, exprs))};")
+    g.emit(f"RETURN {_guarded(g.checks, _wrap(tag, body, values))};")
     decls = "".join(f"    {name} {typ};\n" for name, typ in g.decls.items())
     return (
         f"CREATE OR REPLACE FUNCTION tart_ev_{et}(ts numeric, p bytea) RETURNS jsonb\n"
@@ -266,12 +268,14 @@ def decoder_sql() -> str:
     parts += [event_function_sql(et) for et in sorted(EVENTS)]
     # PL/pgSQL, so that the dispatch expression with every inlined event body is planned once
     # per session rather than in every query that calls it. IMMUTABLE (for expression indexes):
-    # the STABLE parts are jsonb_build_object and convert_from, stable only through settings
-    # that do not affect these arguments (integers, text, booleans, jsonb; a UTF8 database).
+    # the STABLE parts are convert_from and to_json(text), stable only through the database
+    # encoding. A timestamp outside the u64 range (NaN included) would not be valid JSON text.
     parts.append(
         "CREATE OR REPLACE FUNCTION tart_event_data(event_type integer, ts_jce numeric, payload bytea)\n"
         "RETURNS jsonb LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE\n"
-        f"AS $$\nBEGIN\n    RETURN {_dispatch(sorted(EVENTS))};\nEND $$;\n"
+        "AS $$\nBEGIN\n"
+        f"    IF NOT (ts_jce >= 0 AND ts_jce <= {2**64 - 1}) THEN RETURN NULL; END IF;\n"
+        f"    RETURN {_dispatch(sorted(EVENTS))};\nEND $$;\n"
     )
     parts.append(
         "CREATE OR REPLACE FUNCTION tart_frame_data(frame bytea) RETURNS jsonb\n"

@@ -1,13 +1,13 @@
 """SQL fragments for the codec's wire types, used by sqlgen.py.
 
-A fixed-width type becomes one SQL expression that reads the payload `p` at an offset and yields
-the JSON value (an integer, text, boolean or jsonb that `jsonb_build_object` renders as the Python
-codec does), plus the conditions its bytes must meet (bool 0/1, enum in range). Offsets are `Off`
+A fixed-width type becomes SQL that reads the payload `p` at an offset and yields the value's JSON
+text exactly as the Python codec renders it, plus the conditions its bytes must meet (bool 0/1,
+enum in range). Offsets are `Off`
 values so that the generated code stays readable: a constant, or variables plus a constant.
 
-HELPERS_SQL holds the shared SQL functions. Those that build jsonb or convert text are STABLE,
-because `jsonb_build_object` and `convert_from` are: PostgreSQL inlines a SQL function only when
-its declared volatility is no stricter than its body's, and inlining is what makes them cheap.
+HELPERS_SQL holds the shared SQL functions. tart_utf8 is STABLE because `convert_from` is:
+PostgreSQL inlines a SQL function only when its declared volatility is no stricter than its
+body's, and inlining is what makes these small functions cheap.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from .types import BoolT, Bytes, Composite, CoreBits, CoreCounts, Enum, ImportSpecT, Int, PeerAddressT, Type
 
-# jsonb_build_object takes at most 100 arguments (FUNC_MAX_ARGS).
-MAX_KEYS = 50
+_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
 def lit(s: str) -> str:
@@ -44,6 +43,54 @@ class Off:
         return parts if len(self.terms) == 1 and not self.k else f"({parts})"
 
 
+class Json:
+    """JSON text being built: constant pieces and SQL text expressions, joined with `||`.
+
+    Text and one jsonb cast at the end, rather than nested jsonb_build_object calls: those look
+    up every argument's type on every call and copy each nested object into its parent, which
+    made decoding about twice as slow.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[tuple[bool, str]] | None = None) -> None:
+        self.parts = parts or []  # (is constant text, text or SQL expression)
+
+    @staticmethod
+    def text(s: str) -> Json:
+        return Json([(True, s)])
+
+    @staticmethod
+    def sql(e: str) -> Json:
+        return Json([(False, e)])
+
+    def __add__(self, other: Json) -> Json:
+        return Json(self.parts + other.parts)
+
+    def render(self) -> str:
+        merged: list[tuple[bool, str]] = []
+        for const, s in self.parts:
+            if const and merged and merged[-1][0]:
+                merged[-1] = (True, merged[-1][1] + s)
+            else:
+                merged.append((const, s))
+        return " || ".join(lit(s) if const else s for const, s in merged)
+
+
+def key(name: str) -> str:
+    # Every key in the schema is an identifier, so none needs JSON escaping.
+    assert name and set(name) <= _KEY_CHARS, f"key {name!r} would need escaping"
+    return '"' + name + '":'
+
+
+def build(t: Composite, values: list[Json]) -> Json:
+    """The JSON object (Struct) or array (Tuple) of already-built member values."""
+    out = Json.text("{" if t.keyed else "[")
+    for i, ((k, _), v) in enumerate(zip(t.members, values, strict=True)):
+        out += Json.text(("," if i else "") + (key(k) if t.keyed else "")) + v
+    return out + Json.text("}" if t.keyed else "]")
+
+
 def c_sized(t: Type) -> bool:
     return isinstance(t, (CoreCounts, CoreBits))
 
@@ -54,35 +101,32 @@ def leaves(t: Type) -> list[Type]:
     return [t]
 
 
-def build(t: Composite, exprs: list[str]) -> str:
-    """The JSON object (Struct) or array (Tuple) of already-built member expressions."""
-    if t.keyed:
-        assert len(exprs) <= MAX_KEYS, "struct too wide for one jsonb_build_object"
-        pairs = ", ".join(f"{lit(k)}, {e}" for (k, _), e in zip(t.members, exprs, strict=True))
-        return f"jsonb_build_object({pairs})"
-    return f"jsonb_build_array({', '.join(exprs)})"
+def _hex(o: str, n: str) -> Json:
+    return Json.text('"0x') + Json.sql(f"encode(substring(p FROM {o} + 1 FOR {n}), 'hex')") + Json.text('"')
 
 
-def fixed_expr(t: Type, off: Off) -> str:
+def fixed_json(t: Type, off: Off) -> Json:
     o = off.sql()
     if isinstance(t, Int):
-        return f"get_byte(p, {o})" if t.size == 1 else f"tart_{t.label}(p, {o})"
+        if t.size == 8:
+            return Json.sql(f"tart_u64_text(p, {o})")
+        return Json.sql(f"get_byte(p, {o})::text" if t.size == 1 else f"tart_{t.label}(p, {o})::text")
     if isinstance(t, BoolT):
-        return f"(get_byte(p, {o}) = 1)"
+        return Json.sql(f"CASE get_byte(p, {o}) WHEN 1 THEN 'true' ELSE 'false' END")
     if isinstance(t, Enum):
-        return f"(ARRAY[{', '.join(lit(n) for n in t.names)}])[get_byte(p, {o}) + 1]"
+        return Json.sql(f"(ARRAY[{', '.join(lit(chr(34) + n + chr(34)) for n in t.names)}])[get_byte(p, {o}) + 1]")
     if isinstance(t, Bytes):
-        return f"tart_hex(p, {o}, {t.size})"
+        return _hex(o, str(t.size))
     if isinstance(t, PeerAddressT):
-        return f"tart_peer_address(p, {o})"
+        return Json.sql(f"tart_peer_address_json(p, {o})")
     if isinstance(t, ImportSpecT):
-        return f"tart_import_spec(p, {o})"
+        return Json.sql(f"tart_import_spec_json(p, {o})")
     if isinstance(t, Composite) and t.fixed:
-        exprs = []
+        values = []
         for _, m in t.members:
-            exprs.append(fixed_expr(m, off))
+            values.append(fixed_json(m, off))
             off += m.size
-        return build(t, exprs)
+        return build(t, values)
     raise TypeError(f"no fixed-width SQL for {t.label}")
 
 
@@ -101,12 +145,12 @@ def fixed_checks(t: Type, off: Off) -> list[str]:
     return []
 
 
-def c_sized_expr(t: Type, off: Off, length: str) -> str:
+def c_sized_json(t: Type, off: Off, length: str) -> Json:
     """`[u8; C]` or the bitfield, `length` bytes long (the payload length minus the fixed fields)."""
     if isinstance(t, CoreCounts):
-        return f"tart_u8_list(p, {off.sql()}, {length})"
+        return Json.text("[") + Json.sql(f"tart_u8_csv(p, {off.sql()}, {length})") + Json.text("]")
     assert isinstance(t, CoreBits)
-    return f"tart_hex(p, {off.sql()}, {length})"
+    return _hex(off.sql(), length)
 
 
 # Well-formed UTF-8 (RFC 3629: no overlongs, surrogates or code points above U+10FFFF, the same
@@ -136,11 +180,14 @@ AS $$ SELECT (get_byte(p, o) | (get_byte(p, o + 1) << 8) | (get_byte(p, o + 2) <
 CREATE OR REPLACE FUNCTION tart_u64(p bytea, o integer) RETURNS numeric {_SQL_IMM}
 AS $$ SELECT tart_u32(p, o) + tart_u32(p, o + 4) * 4294967296::numeric $$;
 
-CREATE OR REPLACE FUNCTION tart_hex(p bytea, o integer, n integer) RETURNS text {_SQL_IMM}
-AS $$ SELECT '0x' || encode(substring(p FROM o + 1 FOR n), 'hex') $$;
+-- The same as text, through bigint (cheaper than numeric) below 2^63.
+CREATE OR REPLACE FUNCTION tart_u64_text(p bytea, o integer) RETURNS text {_SQL_IMM}
+AS $$ SELECT CASE WHEN get_byte(p, o + 7) < 128 THEN ((tart_u32(p, o + 4) << 32) | tart_u32(p, o))::text
+             ELSE (tart_u32(p, o) + tart_u32(p, o + 4) * 4294967296::numeric)::text END $$;
 
-CREATE OR REPLACE FUNCTION tart_u8_list(p bytea, o integer, n integer) RETURNS jsonb {_SQL_IMM}
-AS $$ SELECT to_jsonb(ARRAY(SELECT get_byte(p, i) FROM generate_series(o, o + n - 1) AS i)) $$;
+-- The n bytes at o as comma-separated decimal numbers.
+CREATE OR REPLACE FUNCTION tart_u8_csv(p bytea, o integer, n integer) RETURNS text {_SQL_IMM}
+AS $$ SELECT array_to_string(ARRAY(SELECT get_byte(p, i) FROM generate_series(o, o + n - 1) AS i), ',') $$;
 
 -- Gray Paper natural number at o: (value, offset after it), both NULL when truncated or not in
 -- its shortest form (the Python codec rejects both).
@@ -199,18 +246,18 @@ AS $$ SELECT CASE WHEN substring(ip FROM 1 FOR 12) = decode('0000000000000000000
                   || get_byte(ip, 14)::text || '.' || get_byte(ip, 15)::text
              ELSE tart_ipv6_compressed(ip) END $$;
 
-CREATE OR REPLACE FUNCTION tart_peer_address(p bytea, o integer) RETURNS jsonb {_SQL_STABLE}
-AS $$ SELECT jsonb_build_object('ipv6', tart_hex(p, o, 16), 'port', tart_u16(p, o + 16),
-             'address', '[' || tart_ipv6_host(substring(p FROM o + 1 FOR 16)) || ']:'
-                        || tart_u16(p, o + 16)::text) $$;
+-- JSON text of a Peer Address; the host text never needs escaping.
+CREATE OR REPLACE FUNCTION tart_peer_address_json(p bytea, o integer) RETURNS text {_SQL_IMM}
+AS $$ SELECT '{{"ipv6":"0x' || encode(substring(p FROM o + 1 FOR 16), 'hex') || '","port":'
+             || tart_u16(p, o + 16)::text || ',"address":"[' || tart_ipv6_host(substring(p FROM o + 1 FOR 16))
+             || ']:' || tart_u16(p, o + 16)::text || '"}}' $$;
 
--- Bit 15 of the index picks the root kind and is not part of the index.
-CREATE OR REPLACE FUNCTION tart_import_spec(p bytea, o integer) RETURNS jsonb {_SQL_STABLE}
-AS $$ SELECT jsonb_build_object(
-             'root_identifier', jsonb_build_object(
-                 CASE WHEN get_byte(p, o + 33) >= 128 THEN 'WorkPackageHash' ELSE 'SegmentsRoot' END,
-                 tart_hex(p, o, 32)),
-             'export_index', tart_u16(p, o + 32) & 32767) $$;
+-- JSON text of an Import Spec: bit 15 of the index picks the root kind and is not part of the index.
+CREATE OR REPLACE FUNCTION tart_import_spec_json(p bytea, o integer) RETURNS text {_SQL_IMM}
+AS $$ SELECT '{{"root_identifier":{{"'
+             || CASE WHEN get_byte(p, o + 33) >= 128 THEN 'WorkPackageHash' ELSE 'SegmentsRoot' END
+             || '":"0x' || encode(substring(p FROM o + 1 FOR 32), 'hex') || '"}},"export_index":'
+             || (tart_u16(p, o + 32) & 32767)::text || '}}' $$;
 
 -- Text with U+0000, which text and jsonb cannot hold, written as the 6 characters \\u0000
 -- (tart.engine.copyfmt.escape_nul_json); NULL when a piece is not valid UTF-8.
