@@ -123,7 +123,7 @@ LANGUAGE sql AS $$ SELECT tart_ensure_partition('event_rows', day) $$;
 -- JIP-3 timestamp (µs since the JAM Common Era, 2025-01-01 12:00 UTC) of a timestamptz.
 CREATE OR REPLACE FUNCTION tart_jce_us(ts TIMESTAMPTZ) RETURNS NUMERIC
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (extract(epoch FROM ts) * 1000000)::numeric - 1735732800000000
+    SELECT ((extract(epoch FROM ts) * 1000000)::int8 - 1735732800000000)::numeric
 $$;
 
 -- The reference's `events` table, as a view: the same column names and `data` as JSONB.
