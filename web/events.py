@@ -76,7 +76,7 @@ async def _names(state: AppState, ids: set[str], ring_names: dict[str, tuple[str
             cache[nid] = (name, now)
             out[nid] = name
     for nid in ids:
-        if nid not in out and nid in ring_names:
+        if nid in ring_names and not out.get(nid, ("",))[0]:  # no row, or a row without NODE_UP yet
             out[nid] = ring_names[nid]
     return out
 
