@@ -297,10 +297,13 @@ def test_event_ids_dropped_jump_malformed_and_nul(harness):
     assert [e.event_type for e in ev] == [11, 0, 11, 250, 11, 28, 0, 11]
     assert [e.flags for e in ev] == [0, 0, 0, FLAG_MALFORMED, FLAG_MALFORMED, FLAG_HAS_NUL, FLAG_MALFORMED, 0]
     assert orjson.loads(ev[0].json) == {"BestBlockChanged": {"timestamp": 1, "slot": 10, "hash": "0x" + "ab" * 32}}
-    assert ev[0].timestamp == 1 and ev[0].raw == b""
+    # Every EVENT record carries the wire bytes the writer stores: for a decoded event the
+    # payload after timestamp and discriminator, for a malformed one the whole frame.
+    assert ev[0].timestamp == 1 and ev[0].raw == frames[0][9:]
+    assert ev[1].raw == frames[1][9:] and ev[2].raw == frames[2][9:] and ev[7].raw == frames[7][9:]
     assert b"unknown event type 250" in ev[3].json and ev[3].raw == frames[3] and ev[3].timestamp == 4
     assert ev[4].raw == frames[4] and b"truncated" in ev[4].json
-    assert ev[5].raw == nul_event and b"\\u0000" in ev[5].json
+    assert ev[5].raw == nul_event[9:] and b"\\u0000" in ev[5].json
     assert orjson.loads(ev[5].json)["PeerMisbehaved"]["reason"] == "bad\x00byte"
     assert ev[6].raw == b"\x01\x02"
     assert h.got.downs[0].events == 8

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -14,7 +15,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from eventdb import CORES, event_value, jce_us, store_event
 
+from tart.engine import eventrows, nodekeys
+from tart.engine.codec import encode_event
 from tart.engine.db import connect
 from tart.engine.migrate import ensure_partitions
 
@@ -22,6 +26,8 @@ EXPORT = str(Path(sys.executable).parent / "tart-export")
 NODE_A = "aa" * 32
 NODE_B = "bb" * 32
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+# A BestBlockChanged frame cut short inside its slot: stored whole, with a decode_error.
+BAD_FRAME = struct.pack("<QB", jce_us(T0 + timedelta(seconds=20)), 11) + b"\x01\x02"
 
 
 def rfc3339(dt: datetime) -> str:
@@ -29,7 +35,8 @@ def rfc3339(dt: datetime) -> str:
 
 
 def seed(dsn: str) -> list[dict]:
-    """20 events from two nodes, types 10 and 11, one second apart, and one malformed event.
+    """20 events from two nodes, types 28 (PeerMisbehaved, whose reason is text with non-ASCII
+    characters and quotes) and 11 (BestBlockChanged), one second apart, and one malformed event.
     Returns the expected envelopes, in id order."""
     now = datetime.now(UTC).replace(microsecond=654321)
     expected = []
@@ -38,17 +45,16 @@ def seed(dsn: str) -> list[dict]:
         conn.execute(
             "INSERT INTO nodes (node_id, peer_id, implementation_name, implementation_version)"
             " VALUES (%s, %s, 'polkajam', '0.1.0')", (NODE_A, NODE_A))
-        # NODE_B has no nodes row: node_name/node_version come out empty, as in REST.
+        # NODE_B never sent NODE_UP: its row (made when its events were stored) names no
+        # implementation, so node_name/node_version come out empty, as in REST.
         for i in range(20):
             node = NODE_A if i % 2 == 0 else NODE_B
-            etype = 10 if i % 4 < 2 else 11
+            etype = 28 if i % 4 < 2 else 11
             ts = T0 + timedelta(seconds=i)
-            data = {"Status": {"num_peers": i, "note": "ünïcode, \"quoted\""}} if etype == 10 else \
-                {"BestBlockChanged": {"slot": i, "hash": "0x" + "ab" * 32}}
-            conn.execute(
-                "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)",
-                (1000 + i, node, i, etype, ts, json.dumps(data), now))
+            fields = {"reason": f"ünïcode, \"quoted\" #{i}"} if etype == 28 else \
+                {"slot": i, "hash": "0x" + "ab" * 32}
+            data = store_event(conn, id=1000 + i, node_id=node, event_id=i, event_type=etype, timestamp=ts,
+                               created_at=now, fields=fields)
             expected.append({
                 "id": 1000 + i, "node_id": node, "event_id": i, "event_type": etype,
                 "timestamp": rfc3339(ts), "data": data,
@@ -57,10 +63,8 @@ def seed(dsn: str) -> list[dict]:
                 "received_at": rfc3339(now),
             })
         bad_ts = T0 + timedelta(seconds=20)
-        conn.execute(
-            "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at, raw,"
-            " decode_error) VALUES (2000, %s, 20, 11, %s, NULL, %s, %s, 'truncated at byte 3')",
-            (NODE_A, bad_ts, now, b"\x0b\x01\x02"))
+        store_event(conn, id=2000, node_id=NODE_A, event_id=20, event_type=11, timestamp=bad_ts,
+                    created_at=now, decode_error="truncated at byte 3", frame=BAD_FRAME)
         expected.append({
             "id": 2000, "node_id": NODE_A, "event_id": 20, "event_type": 11,
             "timestamp": rfc3339(bad_ts), "data": None, "node_name": "polkajam", "node_version": "0.1.0",
@@ -98,10 +102,7 @@ def test_jsonl_matches_what_the_rest_api_serves(fresh_db: str) -> None:
     store = pytest.importorskip("tart.web.store")
     seed(fresh_db)
     with connect(fresh_db) as conn:
-        rows = conn.execute(
-            "SELECT e.id, e.node_id, e.event_id, e.event_type, e.timestamp, e.data, e.created_at,"
-            " e.decode_error, n.implementation_name, n.implementation_version"
-            " FROM events e LEFT JOIN nodes n ON n.node_id = e.node_id ORDER BY e.id").fetchall()
+        rows = conn.execute(eventrows.SELECT.format(table="event_rows") + " ORDER BY e.id").fetchall()
     rest = [json.loads(json.dumps(store.event_row(r))) for r in rows]
     assert jsonl(run_export(fresh_db, *ALL).stdout) == rest
 
@@ -121,7 +122,7 @@ def test_filters_time_node_and_type(fresh_db: str) -> None:
     got = jsonl(run_export(fresh_db, *ALL, "--type", "11", "--node", f"{NODE_A},{NODE_B}").stdout)
     assert [e["id"] for e in got] == [e["id"] for e in expected if e["event_type"] == 11]
 
-    got = jsonl(run_export(fresh_db, *ALL, "--type", "10", "--type", "11", "--node", NODE_A).stdout)
+    got = jsonl(run_export(fresh_db, *ALL, "--type", "28", "--type", "11", "--node", NODE_A).stdout)
     assert [e["id"] for e in got] == [e["id"] for e in expected if e["node_id"] == NODE_A]
 
     # received_at selects by arrival: every row arrived "now", none on 2026-03-01.
@@ -135,7 +136,7 @@ def test_filters_time_node_and_type(fresh_db: str) -> None:
 def test_raw_bytes_on_request(fresh_db: str) -> None:
     seed(fresh_db)
     got = jsonl(run_export(fresh_db, *ALL, "--raw").stdout)
-    assert [e.get("raw") for e in got if "raw" in e] == ["0x0b0102"]
+    assert [e.get("raw") for e in got if "raw" in e] == ["0x" + BAD_FRAME.hex()]
     assert got[-1]["decode_error"] == "truncated at byte 3"
 
 
@@ -185,13 +186,18 @@ def test_large_export_streams_through_a_server_side_cursor(fresh_db: str) -> Non
     its session sits in an open transaction FETCHing from a cursor, i.e. rows are pulled in
     batches rather than loaded whole."""
     n = 100_000
+    # Status events whose num_peers (the first 4 payload bytes, little-endian) is the row's number.
+    status = event_value(10, T0, {"num_peers": 0})
+    template = encode_event(10, status, CORES)[9:]
     with connect(fresh_db) as conn:
         ensure_partitions(conn)
+        key = nodekeys.resolve(conn, [NODE_A])[NODE_A]
         conn.execute(
-            "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at)"
-            " SELECT g, %s, g, 10, %s::timestamptz + g * interval '1 ms',"
-            " jsonb_build_object('Status', jsonb_build_object('num_peers', g)), now()"
-            " FROM generate_series(1, %s) g", (NODE_A, T0, n))
+            "INSERT INTO event_rows (id, event_id, timestamp, created_at, node_key, event_type, payload)"
+            " SELECT g, g, %s::timestamptz + g * interval '1 ms', now(), %s, 10,"
+            " set_byte(set_byte(set_byte(set_byte(%s::bytea, 0, g & 255), 1, (g >> 8) & 255),"
+            " 2, (g >> 16) & 255), 3, g >> 24)"
+            " FROM generate_series(1, %s) g", (T0, key, template, n))
         conn.commit()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TART_CONFIG")}
     proc = subprocess.Popen([EXPORT, "--database-url", fresh_db, *ALL], stdout=subprocess.PIPE,
@@ -199,7 +205,9 @@ def test_large_export_streams_through_a_server_side_cursor(fresh_db: str) -> Non
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
-        assert first["id"] == 1 and first["data"] == {"Status": {"num_peers": 1}}
+        first_ts = T0 + timedelta(milliseconds=1)
+        assert first["id"] == 1 and first["timestamp"] == rfc3339(first_ts)
+        assert first["data"] == {"Status": {**status, "num_peers": 1, "timestamp": jce_us(first_ts)}}
         # The pipe is full and nobody reads it: the exporter is blocked writing, mid-export.
         assert proc.poll() is None
         with connect(fresh_db, autocommit=True) as conn:
@@ -221,7 +229,8 @@ def test_large_export_streams_through_a_server_side_cursor(fresh_db: str) -> Non
             proc.wait()
     lines = rest.splitlines()
     assert 1 + len(lines) == n
-    assert json.loads(lines[-1])["id"] == n
+    last = json.loads(lines[-1])
+    assert last["id"] == n and last["data"]["Status"]["num_peers"] == n
 
 
 def test_retention_archives_are_export_lines(fresh_db: str, tmp_path: Path) -> None:
@@ -235,15 +244,12 @@ def test_retention_archives_are_export_lines(fresh_db: str, tmp_path: Path) -> N
             "INSERT INTO nodes (node_id, peer_id, implementation_name, implementation_version)"
             " VALUES (%s, %s, 'polkajam', '0.1.0')", (NODE_A, NODE_A))
         for i in range(5):
-            conn.execute(
-                "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at)"
-                " VALUES (%s, %s, %s, 10, %s, %s::jsonb, %s)",
-                (10 + i, NODE_A, i, T0 + timedelta(seconds=i), json.dumps({"Status": {"num_peers": i}}),
-                 day + timedelta(hours=1, microseconds=i)))
-        conn.execute(
-            "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at, raw,"
-            " decode_error) VALUES (99, %s, 5, 11, %s, NULL, %s, %s, 'bad enum byte')",
-            (NODE_B, T0, day + timedelta(hours=2), b"\x0b\xff"))
+            store_event(conn, id=10 + i, node_id=NODE_A, event_id=i, event_type=10,
+                        timestamp=T0 + timedelta(seconds=i), created_at=day + timedelta(hours=1, microseconds=i),
+                        fields={"num_peers": i})
+        store_event(conn, id=99, node_id=NODE_B, event_id=5, event_type=27, timestamp=T0,
+                    created_at=day + timedelta(hours=2), decode_error="bad enum byte",
+                    frame=struct.pack("<QB", jce_us(T0), 27) + b"\x11" * 32 + b"\x01\x07")
         conn.commit()
     exported = run_export(fresh_db, "--raw", "--time-field", "received_at",
                           "--since", "2026-03-01", "--until", "2026-03-02").stdout
@@ -252,6 +258,6 @@ def test_retention_archives_are_export_lines(fresh_db: str, tmp_path: Path) -> N
     archive_dir = tmp_path / "archive"
     with connect(fresh_db) as conn:
         dropped = writer.apply_retention(conn, 1, archive_dir, now=day + timedelta(days=3))
-    assert dropped == ["events_20260301"]
-    archived = gzip.decompress((archive_dir / "events_20260301.jsonl.gz").read_bytes())
+    assert dropped == ["event_rows_20260301"]
+    archived = gzip.decompress((archive_dir / "event_rows_20260301.jsonl.gz").read_bytes())
     assert jsonl(archived) == jsonl(exported)

@@ -4,9 +4,13 @@ into an empty one, and tart finds its schema current and its data intact."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from eventdb import jce_us, store_event
 
 from tart.engine.db import connect
 from tart.engine.migrate import ensure_partitions, migrate
@@ -23,21 +27,30 @@ def _export(dsn: str) -> bytes:
     return r.stdout
 
 
+def _view(dsn: str) -> list[tuple]:
+    with connect(dsn) as conn:
+        return conn.execute("SELECT id, data, raw FROM events ORDER BY id").fetchall()
+
+
 def test_pg_dump_and_pg_restore_round_trip(fresh_db: str, empty_db: str, tmp_path: Path) -> None:
     with connect(fresh_db) as conn:
         ensure_partitions(conn)
         conn.execute(
             "INSERT INTO nodes (node_id, peer_id, implementation_name) VALUES (repeat('ab', 32), repeat('ab', 32), 'x')")
-        conn.execute(
-            "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at, raw, decode_error)"
-            " SELECT g, repeat('ab', 32), g, 10, now() - g * interval '1 s',"
-            " CASE WHEN g % 100 = 0 THEN NULL ELSE jsonb_build_object('Status', jsonb_build_object('n', g)) END,"
-            " now() - g * interval '1 ms', CASE WHEN g % 100 = 0 THEN '\\x0aff'::bytea END,"
-            " CASE WHEN g % 100 = 0 THEN 'bad' END"
-            " FROM generate_series(1, 2000) g")
+        now = datetime.now(UTC)
+        for g in range(1, 2001):
+            ts, created = now - timedelta(seconds=g), now - timedelta(milliseconds=g)
+            if g % 100 == 0:  # a frame that failed to decode, kept whole
+                store_event(conn, id=g, node_id="ab" * 32, event_id=g, event_type=10, timestamp=ts,
+                            created_at=created, decode_error="bad", frame=struct.pack("<QB", jce_us(ts), 10) + b"\xff")
+            else:
+                store_event(conn, id=g, node_id="ab" * 32, event_id=g, event_type=10, timestamp=ts,
+                            created_at=created, fields={"num_peers": g})
         conn.commit()
     before = _export(fresh_db)
     assert len(before.splitlines()) == 2000
+    view_before = _view(fresh_db)
+    assert sum(data is None for _, data, _ in view_before) == 20
 
     pg_bin = find_pg_bin()
     dump = tmp_path / "tart.dump"
@@ -51,3 +64,5 @@ def test_pg_dump_and_pg_restore_round_trip(fresh_db: str, empty_db: str, tmp_pat
         ensure_partitions(conn)  # the partition function came along too
         conn.commit()
     assert _export(empty_db) == before
+    # The `events` view decodes in SQL (tart_event_data): the decoder functions came along as well.
+    assert _view(empty_db) == view_before

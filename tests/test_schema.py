@@ -12,12 +12,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from eventdb import jce_us, store_event
 from psycopg.types.json import Jsonb
 
+from tart.engine import copyfmt, eventrows, nodekeys
+from tart.engine.codec import encode_event
 from tart.engine.db import connect
 from tart.engine.migrate import MIGRATION_LOCK_KEY, ensure_partitions, migrate, migration_files
 
 UTC = dt.UTC
+DECODERS = re.compile(r"decoders-[0-9a-f]{16}")  # the SQL event decoders, applied before the files
+NODE = "ab" * 32
 
 # The four "PostgreSQL Direct Access" queries, verbatim from the product README.
 README_QUERIES = """\
@@ -77,9 +82,10 @@ def applied(dsn: str) -> list[str]:
 def test_migrate_applies_every_file_once(empty_db: str) -> None:
     names = [n for n, _ in migration_files()]
     assert names and names[0] == "001_init"
-    assert migrate(empty_db) == names
+    first = migrate(empty_db)
+    assert DECODERS.fullmatch(first[0]) and first[1:] == names
     assert migrate(empty_db) == []
-    assert applied(empty_db) == names
+    assert applied(empty_db) == sorted(first)
 
 
 def test_migrate_from_two_processes_at_once(empty_db: str) -> None:
@@ -108,8 +114,10 @@ def test_migrate_from_two_processes_at_once(empty_db: str) -> None:
         assert p.returncode == 0, err
         results.append(json.loads(out))
     names = [n for n, _ in migration_files()]
-    assert sorted(results) == [[], names]
-    assert applied(empty_db) == names
+    decoders = [n for n in applied(empty_db) if n.startswith("decoders-")]
+    assert len(decoders) == 1 and DECODERS.fullmatch(decoders[0])
+    assert sorted(results) == [[], [decoders[0], *names]]
+    assert applied(empty_db) == sorted([*decoders, *names])
 
 
 def test_ensure_partitions_creates_utc_days_and_rows_land_in_them(fresh_db: str) -> None:
@@ -118,31 +126,52 @@ def test_ensure_partitions_creates_utc_days_and_rows_land_in_them(fresh_db: str)
         # A session in another time zone: partition bounds must still fall on UTC midnight.
         conn.execute("SET TimeZone = 'Asia/Tokyo'")
         names = ensure_partitions(conn, days_back=1, days_ahead=3)
-        expected = [f"events_{today + dt.timedelta(days=d):%Y%m%d}" for d in range(-1, 4)]
+        days = [f"{today + dt.timedelta(days=d):%Y%m%d}" for d in range(-1, 4)]
+        expected = [f"event_rows_{d}" for d in days]
         assert names == expected
         assert ensure_partitions(conn, days_back=1, days_ahead=3) == expected
-        existing = {r[0] for r in conn.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'events'::regclass")}
-        assert existing == set(expected)
+
+        def partitions(parent: str) -> set[str]:
+            return {r[0] for r in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = %s::regclass", (parent,))}
+
+        assert partitions("event_rows") == set(expected)
+        # The 30-second rollup is partitioned by the same days.
+        assert partitions("event_counts_30s") == {f"event_counts_30s_{d}" for d in days}
+        # The v1 signature means the event table; the two-argument one takes the parent.
+        later = today + dt.timedelta(days=10)
+        assert conn.execute("SELECT tart_ensure_partition(%s::date)", (later,)).fetchone() == (
+            f"event_rows_{later:%Y%m%d}",)
+        assert conn.execute("SELECT tart_ensure_partition('event_counts_30s', %s::date)", (later,)).fetchone() == (
+            f"event_counts_30s_{later:%Y%m%d}",)
 
         last_us = dt.datetime.combine(today, dt.time(23, 59, 59, 999999), UTC)
         first_us = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(0), UTC)
-        rows = [(1, last_us), (2, first_us), (3, None)]
+        now = conn.execute("SELECT now()").fetchone()[0]
+        rows = [(1, last_us), (2, first_us), (3, now)]
         for id_, created in rows:
-            conn.execute(
-                "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at)"
-                " VALUES (%s, 'n', %s, 10, now(), '{}', coalesce(%s, now()))", (id_, id_, created))
-        placed = dict(conn.execute("SELECT id, tableoid::regclass::text FROM events").fetchall())
+            store_event(conn, id=id_, node_id=NODE, event_id=id_, event_type=10, timestamp=now, created_at=created)
+            conn.execute("INSERT INTO event_counts_30s (bucket, node_key, event_type, event_count)"
+                         " VALUES (%s, 1, 10, 1)", (created,))
+        placed = dict(conn.execute("SELECT id, tableoid::regclass::text FROM event_rows").fetchall())
+        buckets = {r[0] for r in conn.execute("SELECT tableoid::regclass::text FROM event_counts_30s")}
         conn.commit()
-    assert placed == {1: expected[1], 2: expected[2], 3: f"events_{dt.datetime.now(UTC).date():%Y%m%d}"}
+    assert placed == {1: expected[1], 2: expected[2], 3: f"event_rows_{now.astimezone(UTC):%Y%m%d}"}
+    assert buckets == {p.replace("event_rows", "event_counts_30s") for p in placed.values()}
 
 
 def test_insert_outside_partitions_fails(fresh_db: str) -> None:
     # No default partition: the writer must ensure partitions ahead of time (ensure_partitions).
-    with connect(fresh_db) as conn, pytest.raises(psycopg.errors.CheckViolation):
-        conn.execute("INSERT INTO events (id, node_id, event_id, event_type, timestamp, created_at)"
-                      " VALUES (1, 'n', 0, 0, now(), '2001-01-01Z')")
+    long_ago = dt.datetime(2001, 1, 1, tzinfo=UTC)
+    with connect(fresh_db) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            store_event(conn, id=1, node_id=NODE, event_id=0, event_type=10,
+                        timestamp=dt.datetime.now(UTC), created_at=long_ago)
+        conn.rollback()
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO event_counts_30s (bucket, node_key, event_type, event_count)"
+                         " VALUES (%s, 1, 10, 1)", (long_ago,))
 
 
 def test_readme_queries_are_verbatim() -> None:
@@ -163,7 +192,6 @@ def test_readme_queries_return_expected_aggregates(fresh_db: str) -> None:
             "INSERT INTO nodes (node_id, peer_id, implementation_name, event_count, last_seen_at)"
             " VALUES (%s, %s, 'polkajam', 15, %s), (%s, %s, 'javajam', 7, %s)",
             (a, a, now, b, b, now - dt.timedelta(minutes=5)))
-        events = []
         seq = 0
 
         def add(node: str, etype: int, count: int, age: dt.timedelta) -> None:
@@ -171,24 +199,23 @@ def test_readme_queries_return_expected_aggregates(fresh_db: str) -> None:
             for _ in range(count):
                 seq += 1
                 ts = now - age - dt.timedelta(seconds=seq)
-                events.append((seq, node, seq, etype, ts, Jsonb({"x": seq}), now - age))
+                store_event(conn, id=seq, node_id=node, event_id=seq, event_type=etype, timestamp=ts,
+                            created_at=now - age)
 
         add(a, 41, 12, dt.timedelta(minutes=1))   # errors
         add(a, 10, 3, dt.timedelta(minutes=2))
         add(b, 44, 2, dt.timedelta(minutes=3))    # errors, too few to report
         add(b, 10, 5, dt.timedelta(minutes=4))
         add(b, 10, 4, dt.timedelta(minutes=90))   # older than the hour window
-        with conn.cursor().copy("COPY events (id, node_id, event_id, event_type, timestamp, data,"
-                                " created_at) FROM STDIN") as copy:
-            for row in events:
-                copy.write_row(row)
+        # The hourly counts are stored per node key; event_stats_hourly is a view over them.
+        keys = nodekeys.resolve(conn, [a, b])
         hour = now.replace(minute=0, second=0, microsecond=0)
         conn.execute(
-            "INSERT INTO event_stats_hourly (hour, node_id, event_type, event_count) VALUES"
+            "INSERT INTO event_counts_hourly (hour, node_key, event_type, event_count) VALUES"
             " (%(h)s, %(a)s, 41, 12), (%(h)s, %(a)s, 10, 3), (%(h)s, %(b)s, 10, 5),"
             " (%(p)s, %(b)s, 10, 4), (%(old)s, %(a)s, 10, 99)",
             {"h": hour, "p": hour - dt.timedelta(hours=1), "old": hour - dt.timedelta(days=2),
-             "a": a, "b": b})
+             "a": keys[a], "b": keys[b]})
         conn.commit()
 
         results = []
@@ -209,10 +236,12 @@ def test_readme_queries_return_expected_aggregates(fresh_db: str) -> None:
     assert [(r[0], r[1], r[2], float(r[3])) for r in results[3]] == [(a, 12, 15, 80.0)]
 
 
-def test_jsonb_rejects_nul_and_one_bad_row_fails_the_whole_copy(fresh_db: str) -> None:
-    """PostgreSQL's behaviour the writer must design around: U+0000 cannot be stored in JSONB
-    (nor in text), and a single such row aborts the entire COPY batch it is in. The writer must
-    escape or strip it, or keep the bytes in `raw` (bytea), before the row reaches COPY."""
+def test_nul_in_a_string_round_trips_through_copy_and_the_view(fresh_db: str) -> None:
+    """PostgreSQL's rules the storage is designed around: U+0000 cannot be stored in JSONB (nor in
+    text). Events are stored as their wire payload (bytea), so an event with U+0000 in a string is
+    a row like any other: it does not fail the COPY batch it is in, REST and export render the
+    codec's JSON (with the NUL), and the `events` view, whose data is JSONB, shows each U+0000 as
+    the text ``\\u0000``."""
     with connect(fresh_db) as conn:
         ensure_partitions(conn, days_back=0, days_ahead=0)
         with pytest.raises(psycopg.errors.UntranslatableCharacter):
@@ -222,21 +251,25 @@ def test_jsonb_rejects_nul_and_one_bad_row_fails_the_whole_copy(fresh_db: str) -
             conn.execute("SELECT '{\"s\": \"\\u0000\"}'::jsonb")
         conn.rollback()
 
+        # One COPY batch of compact rows, as the writer sends it, with the NUL event in the middle.
+        key = nodekeys.resolve(conn, [NODE])[NODE]
         now = dt.datetime.now(UTC)
-        rows = [(i, "n", i, 10, now, Jsonb({"s": text}), now)
-                for i, text in enumerate(["ok", "bad\x00", "ok too"])]
-        with pytest.raises(psycopg.errors.UntranslatableCharacter):
-            with conn.cursor().copy("COPY events (id, node_id, event_id, event_type, timestamp, data,"
-                                    " created_at) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        conn.rollback()
-        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+        received_us = (now - dt.datetime(1970, 1, 1, tzinfo=UTC)) // dt.timedelta(microseconds=1)
+        peer = "0x" + "cd" * 32
+        reasons = ["ok", "bad\x00", "ok too"]
+        rows = []
+        for i, reason in enumerate(reasons):
+            frame = encode_event(28, {"timestamp": jce_us(now), "peer": peer, "reason": reason}, 0)
+            rows.append(copyfmt.fast_row(i, i, jce_us(now), received_us + i, key, 28, frame[9:]))
+        with conn.cursor().copy(copyfmt.COPY_SQL) as copy:
+            copy.write(copyfmt.copy_stream(rows))
+        conn.commit()
 
-        # What works: the text spelled out (a literal backslash-u escape) plus the bytes in raw.
-        escaped = "bad\x00".replace("\x00", "\\u0000")
-        conn.execute("INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at,"
-                     " raw) VALUES (1, 'n', 1, 10, now(), %s, now(), %s)",
-                     (Jsonb({"s": escaped}), b"bad\x00"))
-        row = conn.execute("SELECT data->>'s', raw FROM events").fetchone()
-        assert row == ("bad\\u0000", b"bad\x00")
+        view = conn.execute("SELECT id, data->'PeerMisbehaved'->>'reason', raw, decode_error"
+                            " FROM events ORDER BY id").fetchall()
+        assert view == [(0, "ok", None, None), (1, "bad\\u0000", None, None), (2, "ok too", None, None)]
+        stored = conn.execute(eventrows.SELECT.format(table="event_rows") + " ORDER BY e.id").fetchall()
+        rendered = [eventrows.event_data(r[eventrows.R_TYPE], r[eventrows.R_TS], r[eventrows.R_PAYLOAD],
+                                         r[eventrows.R_ERROR]) for r in stored]
+        assert [d["PeerMisbehaved"]["reason"] for d in rendered] == reasons
+        assert all(d["PeerMisbehaved"]["peer"] == peer for d in rendered)

@@ -20,7 +20,9 @@ from test_web_support import (  # noqa: F401 - module_dsn is a fixture
     running_server,
 )
 
+from tart.engine.codec.jce import JCE_EPOCH_UNIX_US
 from tart.engine.db import connect
+from tart.engine.timefmt import fmt_unix_us
 
 EVENT_KEYS = {"id", "node_id", "event_id", "event_type", "timestamp", "data", "node_name", "node_version",
               "received_at"}
@@ -223,9 +225,9 @@ def test_events_ring_pg_merge_paging_and_filters(server: WebServer, module_dsn: 
     node_b = server.get(f"/api/nodes/{b}/events?limit=1000").json()["events"]
     assert len(node_b) == 75 and {e["node_id"] for e in node_b} == {b}
     assert server.get(f"/api/nodes/{b.upper()}/events?limit=5&event_type=13").json()["events"][0]["event_type"] == 13
-    # r0's event ids (JIP-3 timestamps ts = event_id * 1 ms) 0..74 live on node a, r1's on node b.
-    since = "2025-01-01T12:00:00.010Z"
-    until = str(1_735_732_800 + 0.020)  # unix seconds form
+    # r0's event ids (JIP-3 timestamps ts = r0.ts0 + event_id * 1 ms) 0..74 live on node a, r1's on node b.
+    since = fmt_unix_us(JCE_EPOCH_UNIX_US + r0.ts0 + 10_000)
+    until = str((JCE_EPOCH_UNIX_US + r0.ts0) // 1_000_000 + 0.020)  # unix seconds form
     win = server.get(f"/api/nodes/{a}/events?since={since}&until={until}&limit=100").json()["events"]
     assert sorted(e["event_id"] for e in win) == list(range(10, 20))
 

@@ -7,8 +7,10 @@ import contextlib
 import ctypes
 import itertools
 import os
+import random
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -24,13 +26,17 @@ import requests
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from tart.engine.codec.jce import jce_to_datetime
+from tart.engine import copyfmt, nodekeys
+from tart.engine.codec import EVENT_NAMES, decode_event, encode_event
+from tart.engine.codec.jce import JCE_EPOCH_UNIX_US
 from tart.engine.db import connect
+from tart.engine.loadgen import _value
 from tart.engine.migrate import ensure_partitions, migrate
 from tart.engine.record import FLAG_MALFORMED, pack_event, pack_node_up, unpack_event
 from tart.engine.ring import Ring
 
 VENV_BIN = Path(sys.executable).parent
+CORES = 2  # the core count of the events TestRing makes
 _names = itertools.count(1)
 
 
@@ -84,22 +90,18 @@ def insert_node(dsn: str, nid: str, *, name: str = "polkajam", version: str = "0
 
 
 def insert_events(dsn: str, records: Iterable[bytes]) -> None:
-    """Rows as the writer stores them: data JSONB (NULL + decode_error + raw for a malformed event)."""
-    rows = []
-    for rec in records:
-        ev = unpack_event(rec)
-        created = datetime.fromtimestamp(ev.received_at / 1e6, UTC)
-        if ev.malformed:
-            data, err, raw = None, ev.json.decode(), ev.raw
-        else:
-            data, err, raw = Jsonb(orjson.loads(ev.json)), None, None
-        rows.append((ev.id, ev.peer_id.hex(), ev.event_id, ev.event_type, jce_to_datetime(ev.timestamp),
-                     data, created, raw, err))
+    """Rows as the writer stores them: copyfmt's COPY rows of the records (a decoded event: its
+    wire payload; a malformed one: its frame and decode_error), under the nodes' keys."""
+    records = list(records)
     with connect(dsn) as conn:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO events (id, node_id, event_id, event_type, timestamp, data, created_at, raw,"
-                " decode_error) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+        keys = nodekeys.resolve(conn, {unpack_event(rec).peer_id.hex() for rec in records})
+        rows = []
+        for rec in records:
+            ev = unpack_event(rec)
+            assert ev.malformed or ev.raw, "a record without its wire payload: the writer could not store it"
+            rows.append(copyfmt.encode_slow(rec, keys[ev.peer_id.hex()]))
+        with conn.cursor().copy(copyfmt.COPY_SQL) as cp:
+            cp.write(copyfmt.copy_stream(rows))
         conn.commit()
 
 
@@ -115,6 +117,10 @@ class TestRing:
         self.ring = Ring.create(self.name, capacity, index)
         self.gate = self.ring.gate_reader()
         self.event_ids = itertools.count()
+        self.rng = random.Random(index)
+        # Events' JIP-3 timestamps: event_id ms after this whole second, the ring's creation time
+        # (a node's clock is close to tart's: REST looks for a time range near the arrival times).
+        self.ts0 = (time.time_ns() // 1000 - JCE_EPOCH_UNIX_US) // 1_000_000 * 1_000_000
 
     def write(self, records: list[bytes]) -> None:
         done = 0
@@ -132,15 +138,30 @@ class TestRing:
     def event(self, peer: str, event_type: int = 11, *, ts: int | None = None, body: dict | None = None,
               malformed: bool = False) -> bytes:
         eid = next(self.event_ids)
-        ts = eid * 1000 if ts is None else ts
-        if malformed:
+        ts = self.ts0 + eid * 1000 if ts is None else ts
+        if malformed:  # as the acceptor passes it on: the message, and the whole frame (cut short here)
             return pack_event(flags=FLAG_MALFORMED, event_type=event_type, id=self.ring.next_id(),
                               received_at=time.time_ns() // 1000, timestamp=ts, event_id=eid,
-                              peer_id=bytes.fromhex(peer), json=b"truncated Status event", raw=b"\x0a\x01")
-        body = body or {"BestBlockChanged": {"timestamp": ts, "slot": eid, "hash": "0x" + "ab" * 32}}
+                              peer_id=bytes.fromhex(peer), json=b"truncated Status event",
+                              raw=struct.pack("<QB", ts, event_type) + b"\x01")
+        if body is None:
+            if event_type in EVENT_NAMES and event_type != 11:  # a valid event of that type
+                body = {EVENT_NAMES[event_type]: {**_value(event_type, self.rng, CORES), "timestamp": ts}}
+            else:  # and for a type no node sends (e.g. 14), a body that is not its own
+                body = {"BestBlockChanged": {"timestamp": ts, "slot": eid, "hash": "0x" + "ab" * 32}}
+        # As the acceptor makes it: the codec's JSON, then the wire payload (the frame after its
+        # timestamp and discriminator). A body no node can send (WS tests' oversized hashes, a
+        # type that does not exist) has no wire form: such a record lives in the ring only.
+        ((_tag, value),) = body.items()
+        try:
+            frame = encode_event(event_type, value, CORES)
+        except ValueError:
+            json, raw = orjson.dumps(body), b""
+        else:
+            json, raw = decode_event(frame, CORES).json(), frame[9:]
         return pack_event(flags=0, event_type=event_type, id=self.ring.next_id(),
                           received_at=time.time_ns() // 1000, timestamp=ts, event_id=eid,
-                          peer_id=bytes.fromhex(peer), json=orjson.dumps(body))
+                          peer_id=bytes.fromhex(peer), json=json, raw=raw)
 
     def node_up(self, peer: str, name: str = "polkajam", version: str = "0.1.0") -> bytes:
         return pack_node_up(connected_at=time.time_ns() // 1000, conn_id=1, peer_id=bytes.fromhex(peer),

@@ -139,7 +139,11 @@ def test_filters_deliver_exactly_matching_events(server: WebServer, ring: TestRi
         assert list(m["data"]) == ["id", "node_id", "event_type", "latency_ms", "event"]
         assert isinstance(m["data"]["latency_ms"], float) and m["data"]["latency_ms"] >= 0
         # Live events keep declaration order (timestamp first), unlike REST.
-        assert list(m["data"]["event"]["BestBlockChanged"]) == ["timestamp", "slot", "hash"]
+        assert m["data"]["event_type"] == 10 and list(m["data"]["event"]["Status"]) == [
+            "timestamp", "num_peers", "num_val_peers", "num_sync_peers", "num_guarantees", "num_shards",
+            "shards_size", "num_preimages", "preimages_size"]
+        best = next(x["data"]["event"] for x in got_all if x["data"]["event_type"] == 11)
+        assert list(best["BestBlockChanged"]) == ["timestamp", "slot", "hash"]
         bad = got_all[-2]["data"]
         assert bad["event"] is None and bad["decode_error"] == "truncated Status event"
 
