@@ -21,6 +21,7 @@ from tartproc import TartProcess
 from tart.engine.codec import encode_event, encode_node_info
 from tart.engine.loadgen import make_node_info
 from tart.engine.pgcluster import EmbeddedCluster
+from tart.engine.writer.rollups import COUNTS_FLUSH_S
 
 LOADGEN = str(Path(sys.executable).parent / "tart-loadgen")
 
@@ -122,12 +123,15 @@ def test_many_nodes_every_event_stored_per_node_and_type(tart):
         rows = c.execute("SELECT node_id, min(event_id), max(event_id), count(*) FROM events GROUP BY 1").fetchall()
     for node_id, lo, hi, n in rows:
         assert (lo, hi) == (0, n - 1), node_id
-    # Node rows: every node known, disconnected after loadgen closed, event_count exact.
-    deadline = time.monotonic() + 10
+    # Node rows: every node known, disconnected after loadgen closed, event_count exact (the
+    # writer's rollup thread adds counts every COUNTS_FLUSH_S, after the rows are committed).
+    sent = {n["node_id"]: n["sent"] for n in report["per_node"]}
+    deadline = time.monotonic() + 10 + 3 * COUNTS_FLUSH_S
     while time.monotonic() < deadline:
         status, body = tart.get("/api/nodes")
         nodes = {n["node_id"]: n for n in body["nodes"]}
-        if len(nodes) == 40 and not any(n["is_connected"] for n in nodes.values()):
+        if (len(nodes) == 40 and not any(n["is_connected"] for n in nodes.values())
+                and all(nodes.get(k, {}).get("event_count") == v for k, v in sent.items())):
             break
         time.sleep(0.3)
     assert len(nodes) == 40
@@ -152,7 +156,7 @@ def test_event_ids_follow_dropped_and_reconnect_keeps_node_row(tart):
     with socket.create_connection(tart.telemetry) as s:
         s.sendall(hello + best_block(20, 5))
         wait_rows(tart.dsn, 7)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 + 3 * COUNTS_FLUSH_S
         while time.monotonic() < deadline:
             _, node = tart.get(f"/api/nodes/{node_id}")
             if node.get("is_connected") and node.get("event_count") == 7:
