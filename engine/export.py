@@ -54,16 +54,6 @@ EXPORT_FIELDS: tuple[str, ...] = (
 )
 DEFAULT_ITERSIZE = 5000
 TIME_FIELDS = {"timestamp": "e.timestamp", "received_at": "e.created_at"}
-_TABLE = re.compile(r"^events(_\d{8})?$")  # the parent table or one daily partition
-
-_TABLE = re.compile(r"^events(_\d{8})?$")  # the parent table or one daily partition
-
-# An export walks each daily partition in windows of ids (see tart.engine.eventrows): there is
-# no btree on id to read in order, and sorting a whole day at once would spill to disk.
-WINDOW_US = 60_000_000
-# How far past its day a partition's ids may reach: an id's time is its arrival time, which the
-# day bounds, plus the id clock's lead under bursts (microseconds in practice).
-ID_SLACK_US = 3_600_000_000
 _TABLE = re.compile(r"^(events|event_rows)(_\d{8})?$")  # all events or one daily partition
 
 
