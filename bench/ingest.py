@@ -5,12 +5,25 @@ measures the RSS that 1024 idle nodes add, then drives `tart-loadgen` with 1, 64
 connections at rising rates. Per run it prints: events/s that reached PostgreSQL (rows counted,
 and the committed-rows rate while the load lasted), events lost (sent - stored), receipt-to-commit
 latency p50/p99 of that run (from tart's histogram), CPU of tart and of PostgreSQL, the load
-average. After each pass over the plan it measures, against the same PostgreSQL, a bare binary
-COPY of the same rows into an identical table (same partitioning and indexes, 10k rows per COPY,
-one durable commit each): the ceiling; every run's rate is also given as a ratio to it.
-With --repeat N the plan runs N times on the same tart and the summary shows medians.
+average.
 
-    .venv/bin/python bench/ingest.py [--quick] [--duration 10] [--repeat 2] [--set TART_BATCH_MAX=20000]
+After the runs, against the same PostgreSQL:
+- database growth per stored event: pg_total_relation_size of every event_rows partition (heap,
+  TOAST, maps, indexes) over the events stored, with the heap and each index apart;
+- the new-row ceiling, after each pass: a bare binary COPY of 10k rows tart stored in the middle
+  of the pass's last run (their exact bytes, taken with COPY TO) into a table shaped like
+  event_rows (same partitioning, the schema's indexes), 10k rows per durable COPY, 200k rows,
+  median of 3 rounds; every run's rate is also given as a ratio to it;
+- the old-format ceiling: the same events in the v3 format (taken from the `events` view, which
+  gives exactly the old columns) into a v3-shaped table, the same way: the baseline.
+Each repeated copy of the sample gets its ids shifted past the sample's, so the indexes see new
+keys (repeated keys would shrink the btrees by deduplication and flatter both ceilings).
+With --repeat N the plan runs N times on the same tart and the summary shows medians. --quick
+runs 1024x10 and 64x160 (10k events/s, the latency targets) and 1024x100 (overload) for 12 s
+each, once: about 1.4M events, enough for the growth figure (>= 300k).
+
+    .venv/bin/python bench/ingest.py [--quick] [--duration 10] [--repeat 2] [--writers 2]
+                                     [--set TART_BATCH_MAX=20000]
 """
 
 from __future__ import annotations
@@ -27,20 +40,28 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import psycopg  # noqa: E402
+import rowformat  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tartproc import TartProcess  # noqa: E402
+
+from tart.engine import copyfmt  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.25
 CEILING_BATCH = 10_000
 CEILING_ROWS = 200_000
-COPY_COLUMNS = "id, node_id, event_id, event_type, timestamp, data, created_at, raw, decode_error"
+CEILING_ROUNDS = 3
+ROW_OVERHEAD = copyfmt.ROW_HEAD.size + len(copyfmt.ROW_TAIL)  # a decoded event's COPY tuple minus its payload
+GROWTH_MIN_EVENTS = 300_000
+NEW_COLUMNS = ", ".join(copyfmt.COLUMNS)
+OLD_COLUMNS = ", ".join(rowformat.OLD_COLUMNS)
 
 
 def cpu_model() -> str:
@@ -142,14 +163,20 @@ def quantiles(before: list[tuple[float, float]], after: list[tuple[float, float]
     return {"p50_ms": q(0.5) * 1000, "p99_ms": q(0.99) * 1000}
 
 
-def max_id(dsn: str) -> int:
+def max_id(dsn: str, floor: int = 0) -> int:
+    """The newest stored id, at least ``floor``. There is no btree on id: with a recent floor the
+    BRIN index on id reads only the newest block ranges instead of every row."""
     with psycopg.connect(dsn) as c:
-        return c.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        return max_id_conn(c, floor)
+
+
+def max_id_conn(c: psycopg.Connection, floor: int) -> int:
+    return c.execute("SELECT coalesce(max(id), %s) FROM event_rows WHERE id > %s", (floor, floor)).fetchone()[0]
 
 
 def rows_after(dsn: str, id_floor: int) -> int:
     with psycopg.connect(dsn) as c:
-        return c.execute("SELECT count(*) FROM events WHERE id > %s", (id_floor,)).fetchone()[0]
+        return c.execute("SELECT count(*) FROM event_rows WHERE id > %s", (id_floor,)).fetchone()[0]
 
 
 class Sampler(threading.Thread):
@@ -181,8 +208,9 @@ class Sampler(threading.Thread):
         return (s[end][1] - s[start][1]) / max(s[end][0] - s[start][0], 1e-9)
 
 
-def run_load(tart: TartProcess, dsn: str, nodes: int, rate: float, duration: float) -> dict:
-    floor = max_id(dsn)
+def run_load(tart: TartProcess, dsn: str, nodes: int, rate: float, duration: float, floor: int) -> dict:
+    """One loadgen run; ``floor`` is an id at or below the newest stored before it."""
+    floor = max_id(dsn, floor)
     pg_pids = pg_pids_of(dsn)
     _, cpu0 = proc_stats(tart_pids(tart))
     _, pgcpu0 = proc_stats(pg_pids)
@@ -232,6 +260,7 @@ def run_load(tart: TartProcess, dsn: str, nodes: int, rate: float, duration: flo
         if now_rows != stored:
             stored, still_since = now_rows, time.monotonic()
     return {
+        "floor": floor,
         "nodes": nodes,
         "rate_per_node": rate,
         "offered_eps": round(sent / report["duration_s"]),
@@ -240,6 +269,10 @@ def run_load(tart: TartProcess, dsn: str, nodes: int, rate: float, duration: flo
         "stored": stored,
         "lost": sent - stored,
         "closed_early": sum(1 for n in report["per_node"] if n["closed_early"]),
+        # Loss has two causes with different owners: tart closed a node, or loadgen gave up
+        # flushing bytes it had counted as sent.
+        "unflushed_bytes": report.get("unflushed_bytes", 0),
+        "errors": dict(Counter(e["error"][:80] for e in report.get("errors", [])).most_common(3)),
         "tart_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed),
         "pg_cpu_pct": round(100 * (pgcpu1 - pgcpu0) / elapsed),
         "rss_mb": round(rss_loaded / 2**20, 1),
@@ -276,36 +309,81 @@ def _gauge(text: str, name: str) -> float:
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
 
 
-def copy_ceiling(dsn: str) -> float:
-    """Bare binary COPY of rows tart stored (their exact bytes, taken with COPY TO) into an
-    identical table: partitioned by created_at, the same three indexes; CEILING_BATCH rows per
-    COPY, each its own (durable) transaction, CEILING_ROWS in all."""
+def ceiling_sample(c: psycopg.Connection, floor: int) -> int:
+    """An id half-way (in arrival time) through the rows stored above ``floor``: the sample
+    starts there, in the steady state of the last run rather than in the tail of its drain, when
+    only the nodes with a backlog still have events."""
+    top = max_id_conn(c, floor)
+    return floor + (top - floor) // 2 if top > floor else 0
+
+
+def _copy_out(c: psycopg.Connection, query: str) -> bytes:
+    data = bytearray()
+    with c.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT BINARY)") as cp:
+        for chunk in cp:
+            data += chunk
+    return bytes(data)
+
+
+def copy_ceilings(dsn: str, lo_id: int, rounds: int = CEILING_ROUNDS) -> dict:
+    """Bare binary COPY of the CEILING_BATCH stored rows from ``lo_id`` on, CEILING_BATCH rows per
+    COPY, each its own (durable) transaction, CEILING_ROWS in all: as compact rows into a table
+    shaped like event_rows, and as v3 rows into a v3-shaped table. Rates (median of ``rounds``,
+    the two formats taking turns so that a burst of load elsewhere hits both) and bytes per row."""
+    out: dict = {}
     with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("DROP TABLE IF EXISTS bench_ceiling")
-        c.execute("CREATE TABLE bench_ceiling (LIKE events) PARTITION BY RANGE (created_at)")
-        c.execute("CREATE TABLE bench_ceiling_all PARTITION OF bench_ceiling FOR VALUES FROM (MINVALUE) TO (MAXVALUE)")
-        c.execute("CREATE INDEX ON bench_ceiling (id)")
-        c.execute("CREATE INDEX ON bench_ceiling (node_id, id)")
-        c.execute("CREATE INDEX ON bench_ceiling (event_type, id)")
-        data = bytearray()
-        with c.cursor().copy(f"COPY (SELECT {COPY_COLUMNS} FROM events ORDER BY id DESC LIMIT {CEILING_BATCH})"
-                             " TO STDOUT (FORMAT BINARY)") as cp:
-            for chunk in cp:
-                data += chunk
-        blob = bytes(data)
-        n_rows = c.execute(f"SELECT count(*) FROM (SELECT 1 FROM events ORDER BY id DESC LIMIT {CEILING_BATCH}) t"
-                           ).fetchone()[0]
-        if not n_rows:
-            return 0.0
-        done = 0
-        t0 = time.perf_counter()
-        while done < CEILING_ROWS:
-            with c.cursor().copy(f"COPY bench_ceiling ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
-                cp.write(blob)
-            done += n_rows
-        rate = done / (time.perf_counter() - t0)
-        c.execute("DROP TABLE bench_ceiling")
-        return rate
+        where = f"WHERE id >= {int(lo_id)} ORDER BY id LIMIT {CEILING_BATCH}"
+        # Both samples are built before any timing: the view renders `data` in SQL (~3 µs/row).
+        new_blob = _copy_out(c, f"SELECT {NEW_COLUMNS} FROM event_rows {where}")
+        old_blob = _copy_out(c, f"SELECT {OLD_COLUMNS} FROM events {where}")
+        new_t, old_t = rowformat.split_copy(new_blob), rowformat.split_copy(old_blob)
+        if not new_t or len(new_t) != len(old_t):
+            return {}
+        formats = (
+            ("new", rowformat.NEW_TABLE_SQL, rowformat.index_specs(c), copyfmt.COLUMNS, new_t),
+            ("old", rowformat.OLD_TABLE_SQL, list(rowformat.OLD_INDEXES), rowformat.OLD_COLUMNS, old_t),
+        )
+        blobs = {f[0]: rowformat.repeated_blobs(f[4], CEILING_ROWS) for f in formats}
+        runs: dict[str, list[rowformat.Load]] = {"new": [], "old": []}
+        for _ in range(rounds):
+            for tag, table_sql, indexes, columns, tuples in formats:
+                rows = len(tuples) * len(blobs[tag])
+                runs[tag].append(rowformat.measure(c, f"bench_ceiling_{tag}", table_sql, indexes, columns,
+                                                   blobs[tag], rows))
+        for tag, tuples in (("new", new_t), ("old", old_t)):
+            rows = len(tuples) * len(blobs[tag])
+            r = runs[tag][-1]
+            out[tag] = {"rows_s": round(statistics.median(x.rows_s for x in runs[tag])),
+                        "rounds": [round(x.rows_s) for x in runs[tag]],
+                        "bytes_per_row": round(r.total / rows, 1), "heap_per_row": round(r.heap / rows, 1),
+                        "index_per_row": {k: round(v / rows, 1) for k, v in r.indexes.items()},
+                        "load1": [x.load1 for x in runs[tag]]}
+        out["sample"] = {"first_id": lo_id, "rows": len(new_t),
+                         "payload_avg": round(sum(len(t) for t in new_t) / len(new_t) - ROW_OVERHEAD, 1)}
+    return out
+
+
+def growth(dsn: str) -> dict:
+    """Bytes of every event_rows partition (pg_total_relation_size) and of the rollups, and the
+    events stored."""
+    with psycopg.connect(dsn) as c:
+        total, heap, idx = rowformat.relation_bytes(c, "event_rows")
+        events = c.execute("SELECT count(*) FROM event_rows").fetchone()[0]
+        parts = c.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'event_rows'::regclass").fetchone()[0]
+        r30 = rowformat.relation_bytes(c, "event_counts_30s")[0]
+        hourly = c.execute("SELECT pg_total_relation_size('event_counts_hourly')").fetchone()[0]
+    return {"events": events, "partitions": parts, "total": total, "heap": heap, "indexes": idx,
+            "rollup_30s": r30, "rollup_hourly": hourly}
+
+
+def settle(below: float = 2.0, max_wait: float = 120.0) -> float:
+    """Wait (up to ``max_wait`` s) for the 1-minute load average to fall below ``below``: a
+    ceiling measured right after a run would share the machine with that run's load average,
+    which on 2 cores mostly means its own tail. Returns the load average at the end."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        time.sleep(2)
+    return round(os.getloadavg()[0], 2)
 
 
 def _embedded_dsn(tart: TartProcess) -> str:
@@ -344,13 +422,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     ap.add_argument("--plan", default="", help="NODES:RATE,... (rate = events/s per node)")
     ap.add_argument("--acceptors", type=int, default=2)
+    ap.add_argument("--writers", default="", help="TART_WRITERS (default: tart's own, auto)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra tart environment")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-connection memory measurement")
+    ap.add_argument("--keep-log", default="", metavar="PATH", help="copy tart's log here at the end")
     args = ap.parse_args()
     plan = [(1, 5000), (1, 20000), (64, 160), (64, 1000), (1024, 10), (1024, 50), (1024, 100)]
     if args.quick:
-        plan = [(1, 5000), (64, 500), (1024, 50)]
-        args.duration = min(args.duration, 6.0)
+        # The latency targets (10k events/s from 1024 and from 64 connections) and the overload
+        # run, long enough together for the growth figure's 300k events.
+        plan = [(1024, 10), (64, 160), (1024, 100)]
+        args.duration = 12.0 if args.duration == ap.get_default("duration") else args.duration
+        args.repeat = 1 if args.repeat == ap.get_default("repeat") else args.repeat
     if args.plan:
         plan = [(int(n), float(r)) for n, r in (p.split(":") for p in args.plan.split(","))]
     print(f"machine: {cpu_model()}, {os.cpu_count()} cpus, Python {platform.python_version()}, {platform.platform()}")
@@ -360,10 +443,13 @@ def main() -> None:
     root.chmod(0o755)
     env = {"TART_RATE_LIMIT": "0", "TART_RING_BYTES": str(64 * 2**20), "TART_LOG": "warning",
            "TART_ACCEPTORS": str(args.acceptors), "TART_WEB_WORKERS": "1", "TART_MAX_CONNECTIONS": "4096"}
+    if args.writers:
+        env["TART_WRITERS"] = args.writers
     env.update(kv.split("=", 1) for kv in args.set)
     results: list[dict] = []
     mems: list[dict] = []
-    ceilings: list[float] = []
+    ceilings: list[dict] = []
+    grown: dict = {}
     try:
         with TartProcess(root, env=env, ready_timeout=180) as tart:
             dsn = _embedded_dsn(tart)
@@ -371,42 +457,116 @@ def main() -> None:
                 settings = dict(c.execute(
                     "SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync',"
                     " 'commit_delay', 'wal_buffers', 'max_wal_size', 'shared_buffers', 'wal_compression')"))
-            print("postgresql:", " ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+                version = c.execute("SHOW server_version").fetchone()[0]
+            print(f"postgresql {version}:", " ".join(f"{k}={v}" for k, v in sorted(settings.items())))
             print("tart env:", " ".join(f"{k}={v}" for k, v in sorted(env.items())), flush=True)
+            floor = max_id(dsn)
             for rep in range(args.repeat):
                 if not args.no_idle:
                     mem = idle_memory(tart, 1024)
                     mems.append(mem)
                     print(json.dumps({"pass": rep, **mem}), flush=True)
+                last_floor = floor
                 for nodes, rate in plan:
-                    r = run_load(tart, dsn, nodes, rate, args.duration)
+                    r = run_load(tart, dsn, nodes, rate, args.duration, floor)
                     results.append(r)
+                    last_floor, floor = r["floor"], r["floor"]
                     print(json.dumps({"pass": rep, **r}), flush=True)
-                ceiling = copy_ceiling(dsn)
+                if rep == args.repeat - 1:
+                    grown = growth(dsn)  # before the ceilings' checkpoints and drops touch anything
+                    print(json.dumps({"pass": rep, "growth": grown}), flush=True)
+                with psycopg.connect(dsn) as c:
+                    lo = ceiling_sample(c, last_floor)
+                settle()
+                ceiling = copy_ceilings(dsn, lo)
                 ceilings.append(ceiling)
-                print(json.dumps({"pass": rep, "copy_ceiling_rows_s": round(ceiling),
-                                  "load1": round(os.getloadavg()[0], 2)}), flush=True)
+                print(json.dumps({"pass": rep, "ceilings": ceiling}), flush=True)
     finally:
+        if args.keep_log:
+            shutil.copy(root / "tart.log", args.keep_log)
         shutil.rmtree(root, ignore_errors=True)
-    ceiling = statistics.median(ceilings) if ceilings else 0.0
+    report(args, results, mems, ceilings, grown)
+
+
+def _median(vals: list[float]) -> float:
+    return statistics.median(vals) if vals else 0.0
+
+
+def report(args: argparse.Namespace, results: list[dict], mems: list[dict], ceilings: list[dict],
+           grown: dict) -> None:
+    new_c = _median([c["new"]["rows_s"] for c in ceilings if c])
+    old_c = _median([c["old"]["rows_s"] for c in ceilings if c])
     print()
-    print(f"medians of {args.repeat} pass(es); events/s counted at PostgreSQL; lost = worst run")
+    print(f"medians of {args.repeat} pass(es); events/s counted at PostgreSQL; lost = worst run; "
+          f"/ceiling = stored/s over the new-row ceiling")
     print(f"{'nodes':>6} {'rate/node':>9} {'offered/s':>10} {'stored/s':>9} {'/ceiling':>8} {'lost':>5} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'tart cpu%':>9} {'pg cpu%':>8} {'rss MB':>7} {'load1':>6}")
-    for r in median_rows(results):
-        ratio = f"{r['stored_eps'] / ceiling:.2f}" if ceiling else "-"
+    rows = median_rows(results)
+    for r in rows:
+        ratio = f"{r['stored_eps'] / new_c:.2f}" if new_c else "-"
         print(f"{r['nodes']:>6} {r['rate_per_node']:>9g} {r['offered_eps']:>10.0f} {r['stored_eps']:>9.0f} {ratio:>8} "
               f"{r['lost']:>5} {r.get('p50_ms', '-'):>7} {r.get('p99_ms', '-'):>7} {r['tart_cpu_pct']:>9.0f} "
               f"{r['pg_cpu_pct']:>8.0f} {r['rss_mb']:>7} {r['load1']:>6}")
+    for r in results:
+        if r["lost"] or r["closed_early"] or r.get("unflushed_bytes"):
+            print(f"  {r['nodes']}x{r['rate_per_node']:g}: lost {r['lost']} of {r['sent']:,} sent; "
+                  f"{r['closed_early']} nodes closed early, {r.get('unflushed_bytes', 0):,} bytes loadgen could not "
+                  f"flush; errors {r.get('errors') or '-'}")
+    kb = 0.0
     if mems:
         # The worst pass: later passes start with heaps that earlier load already grew.
         kb = max(m["kb_per_node"] for m in mems)
         print(f"idle 1024 nodes: +{kb} KiB RSS per node (worst pass; per pass: "
               + ", ".join(f"{m['rss_base_mb']} -> {m['rss_with_nodes_mb']} MB, {m['connected']} connected"
                           for m in mems) + ")")
-    print(f"bare COPY ceiling (same rows, same table shape, {CEILING_BATCH} rows per durable COPY): "
-          f"{ceiling:,.0f} rows/s (per pass: {', '.join(f'{c:,.0f}' for c in ceilings)})")
-
+    per_ev = 0.0
+    if grown and grown["events"]:
+        n = grown["events"]
+        per_ev = grown["total"] / n
+        idx = ", ".join(f"{k} {v / n:.1f}" for k, v in grown["indexes"].items())
+        print(f"database growth: {grown['total'] / 2**20:.1f} MiB in {grown['partitions']} event_rows partitions for "
+              f"{n:,} events stored = {per_ev:.1f} B/event (heap {grown['heap'] / n:.1f}; indexes: {idx}); "
+              f"rollups beside them: 30 s {grown['rollup_30s'] / n:.1f} B/event, hourly "
+              f"{grown['rollup_hourly'] / n:.1f} B/event")
+        if n < GROWTH_MIN_EVENTS:
+            print(f"  (fewer than {GROWTH_MIN_EVENTS:,} events: run longer for the growth figure)")
+    samples = [c["sample"] for c in ceilings if c]
+    if samples:
+        print(f"ceiling sample (last pass): {samples[-1]['rows']} rows from the middle of the last run, "
+              f"average payload {samples[-1]['payload_avg']} B")
+    for tag, title in (("new", "new-row ceiling (compact rows tart stored, event_rows' shape and indexes)"),
+                       ("old", "old-format ceiling (the same events as v3 rows, v3 table and indexes)")):
+        per = [c[tag] for c in ceilings if c]
+        if not per:
+            continue
+        last = per[-1]
+        idx = ", ".join(f"{k} {v}" for k, v in last["index_per_row"].items())
+        print(f"{title}: {_median([p['rows_s'] for p in per]):,.0f} rows/s, {last['bytes_per_row']} B/row "
+              f"(heap {last['heap_per_row']}; {idx}); {CEILING_BATCH} rows per durable COPY, {CEILING_ROWS} rows; "
+              f"median of {CEILING_ROUNDS} rounds; per pass: "
+              + ", ".join(f"{p['rounds']} rows/s at load {p['load1']}" for p in per))
+    print()
+    print("targets (this run):")
+    if per_ev:
+        print(f"  growth per stored event: {per_ev:.1f} B (target <= 220 B): {'met' if per_ev <= 220 else 'NOT met'}")
+    over = [r for r in rows if r["nodes"] >= 1024]
+    if over and new_c:
+        o = max(over, key=lambda r: r["offered_eps"])
+        ratio = o["stored_eps"] / new_c
+        print(f"  {o['nodes']}x{o['rate_per_node']:g} stored/s over the new-row ceiling: {o['stored_eps']:,.0f} / "
+              f"{new_c:,.0f} = {ratio:.2f} (target >= 0.6): {'met' if ratio >= 0.6 else 'NOT met'}")
+    if new_c and old_c:
+        ratio = new_c / old_c
+        print(f"  new-row ceiling over the old-format ceiling: {new_c:,.0f} / {old_c:,.0f} = {ratio:.2f}x "
+              f"(target >= 2x): {'met' if ratio >= 2 else 'NOT met'}")
+    for r in rows:
+        if 9000 <= r["nodes"] * r["rate_per_node"] <= 11000 and "p99_ms" in r:
+            ok = r["p99_ms"] <= 100 and r["lost"] == 0
+            print(f"  receipt-to-commit p99 at {r['nodes']}x{r['rate_per_node']:g}: {r['p99_ms']} ms, lost {r['lost']} "
+                  f"(target <= 100 ms): {'met' if ok else 'NOT met'}")
+    if mems:
+        print(f"  memory per connected node: {kb / 1024:.3f} MB (target < 0.5 MB): {'met' if kb < 512 else 'NOT met'}")
+    print(rowformat.machine_line())
 
 if __name__ == "__main__":
     main()
