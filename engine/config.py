@@ -1,6 +1,9 @@
 """Settings: one table of options, read from the environment and an optional env file.
 
-Every option has an environment name, a default and a meaning; `conf/tart.env` is generated
+Every option has an environment name, a default, a meaning and what a SIGHUP does with it (applied
+live by the named processes, needs a restart, or read only by the web workers, which gunicorn
+replaces on SIGHUP). `OPTIONS` is the one place each of these is written: `Settings`' defaults,
+`live_options(role)` and `restart_options()` derive from it. `conf/tart.env` is generated
 from the same table (``python -m tart.engine.config --env-file``), so the documentation and the
 code cannot drift apart. Environment variables win over the file, which wins over defaults.
 """
@@ -71,14 +74,34 @@ def _log_level(value: str) -> str:
     return {"trace": "debug", "warn": "warning"}.get(lvl, lvl)
 
 
+# What a SIGHUP does with a changed option (Option.reload):
+LIVE = "live"        # the processes named in Option.roles adopt the new value in place
+RESTART = "restart"  # kept at its old value until tart-backend restarts; the reload warns
+WEB = "web"          # read only by the web workers, which gunicorn replaces on SIGHUP: applied
+
+ROLES = ("supervisor", "acceptor", "writer", "web")
+
+
 @dataclass(frozen=True)
 class Option:
+    """One option. ``default`` is the only place its default is written (``Settings`` derives
+    its field defaults from it); ``reload`` says what a SIGHUP does with a changed value and
+    ``roles`` which processes apply it live (only for ``reload=LIVE``)."""
+
     attr: str
     env: str
     default: str
     parse: Any
     doc: str
     aliases: tuple[str, ...] = ()
+    reload: str = RESTART
+    roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.reload not in (LIVE, RESTART, WEB):
+            raise ValueError(f"{self.attr}: reload must be live, restart or web")
+        if (self.reload == LIVE) != bool(self.roles) or not set(self.roles) <= set(ROLES):
+            raise ValueError(f"{self.attr}: a live option names the roles that apply it, others none")
 
 
 OPTIONS: list[Option] = [
@@ -90,53 +113,94 @@ OPTIONS: list[Option] = [
     Option("api_bind", "API_BIND", "0.0.0.0:8080", _parse_bind, "Where the REST/WebSocket API and /metrics listen."),
     Option("log_level", "TART_LOG", "info", _log_level,
            "Log level (error, warning, info, debug); RUST_LOG-style directives are accepted.",
-           aliases=("LOG_LEVEL", "RUST_LOG")),
+           aliases=("LOG_LEVEL", "RUST_LOG"),
+           reload=LIVE, roles=("supervisor", "acceptor", "writer")),
     Option("acceptors", "TART_ACCEPTORS", "0", _nonneg_int, "Acceptor worker processes; 0 = number of CPUs."),
     Option("web_workers", "TART_WEB_WORKERS", "2", _pos_int, "gunicorn ASGI worker processes for the API."),
     Option("max_connections", "TART_MAX_CONNECTIONS", "1024", _pos_int,
-           "Maximum concurrent node connections (all acceptors together); beyond it new ones are refused and counted."),
+           "Maximum concurrent node connections (all acceptors together); beyond it new ones are refused and counted.",
+           reload=LIVE, roles=("acceptor",)),
     Option("rate_limit", "TART_RATE_LIMIT", "1000", _nonneg_int,
-           "Per-node events/s (token bucket, burst = 2 s worth); 0 = off. Excess is counted in telemetry_events_rate_limited."),
+           "Per-node events/s (token bucket, burst = 2 s worth); 0 = off. Excess is counted in telemetry_events_rate_limited.",
+           reload=LIVE, roles=("acceptor",)),
     Option("max_frame", "TART_MAX_FRAME", "262144", _pos_int,
-           "Largest accepted frame in bytes; a larger length prefix closes that connection."),
+           "Largest accepted frame in bytes; a larger length prefix closes that connection.",
+           reload=LIVE, roles=("acceptor",)),
     Option("idle_timeout", "TART_IDLE_TIMEOUT", "120", _pos_int,
-           "Seconds a node may send nothing before its connection is closed."),
+           "Seconds a node may send nothing before its connection is closed.",
+           reload=LIVE, roles=("acceptor",)),
     Option("ring_bytes", "TART_RING_BYTES", "67108864", _ring_bytes,
            "Shared-memory ring size per acceptor, in bytes."),
-    Option("batch_max", "TART_BATCH_MAX", "10000", _pos_int, "Most events per COPY batch."),
+    Option("batch_max", "TART_BATCH_MAX", "10000", _pos_int, "Most events per COPY batch.",
+           reload=LIVE, roles=("writer",)),
     Option("batch_interval_ms", "TART_BATCH_INTERVAL_MS", "20", _pos_int,
-           "Longest time an event waits in the writer before its batch is written."),
+           "Longest time an event waits in the writer before its batch is written.",
+           reload=LIVE, roles=("writer",)),
     Option("retention_days", "TART_RETENTION_DAYS", "30", _nonneg_int,
-           "Daily event partitions older than this are dropped; 0 = keep forever."),
+           "Daily event partitions older than this are dropped; 0 = keep forever.",
+           reload=LIVE, roles=("writer",)),
     Option("archive_dir", "TART_ARCHIVE_DIR", "", str,
-           "If set, a partition is archived here before it is dropped: gzip JSON lines in the tart-export --raw envelope; under systemd it must be writable, e.g. /var/lib/tart/archive."),
+           "If set, a partition is archived here before it is dropped: gzip JSON lines in the tart-export --raw envelope; under systemd it must be writable, e.g. /var/lib/tart/archive.",
+           reload=LIVE, roles=("writer",)),
     Option("cors_origins", "TART_CORS_ORIGINS", "", str,
-           "Comma-separated allowed CORS origins; '*' for any; empty = CORS off."),
+           "Comma-separated allowed CORS origins; '*' for any; empty = CORS off.",
+           reload=WEB),
     Option("pg_bin_dir", "TART_PG_BIN_DIR", "", str,
            "Where initdb/pg_ctl live for the embedded cluster; empty = PATH, then /usr/lib/postgresql/*/bin."),
 ]
 
 
+_BY_ATTR: dict[str, Option] = {o.attr: o for o in OPTIONS}
+
+
+def option(attr: str) -> Option:
+    """The table row of ``attr`` (KeyError for an unknown option)."""
+    return _BY_ATTR[attr]
+
+
+def _default(attr: str) -> Any:
+    # Settings' field defaults are parsed from the table, so a default is written once.
+    opt = _BY_ATTR[attr]
+    return opt.parse(opt.default)
+
+
+def live_options(role: str) -> tuple[str, ...]:
+    """Options that the ``role`` process (``acceptor``, ``writer``, ``supervisor``) adopts on SIGHUP."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    return tuple(o.attr for o in OPTIONS if o.reload == LIVE and role in o.roles)
+
+
+def restart_options() -> tuple[str, ...]:
+    """Options that a SIGHUP leaves at their old value: they need a restart of tart-backend."""
+    return tuple(o.attr for o in OPTIONS if o.reload == RESTART)
+
+
+def web_options() -> tuple[str, ...]:
+    """Options only the web workers read; a SIGHUP applies them as gunicorn replaces its workers."""
+    return tuple(o.attr for o in OPTIONS if o.reload == WEB)
+
+
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = ""
-    data_dir: str = "./var"
-    telemetry_bind: tuple[str, int] = ("0.0.0.0", 9000)
-    api_bind: tuple[str, int] = ("0.0.0.0", 8080)
-    log_level: str = "info"
-    acceptors: int = 0
-    web_workers: int = 2
-    max_connections: int = 1024
-    rate_limit: int = 1000
-    max_frame: int = 262144
-    idle_timeout: int = 120
-    ring_bytes: int = 64 * 1024 * 1024
-    batch_max: int = 10000
-    batch_interval_ms: int = 20
-    retention_days: int = 30
-    archive_dir: str = ""
-    cors_origins: str = ""
-    pg_bin_dir: str = ""
+    database_url: str = _default("database_url")
+    data_dir: str = _default("data_dir")
+    telemetry_bind: tuple[str, int] = _default("telemetry_bind")
+    api_bind: tuple[str, int] = _default("api_bind")
+    log_level: str = _default("log_level")
+    acceptors: int = _default("acceptors")
+    web_workers: int = _default("web_workers")
+    max_connections: int = _default("max_connections")
+    rate_limit: int = _default("rate_limit")
+    max_frame: int = _default("max_frame")
+    idle_timeout: int = _default("idle_timeout")
+    ring_bytes: int = _default("ring_bytes")
+    batch_max: int = _default("batch_max")
+    batch_interval_ms: int = _default("batch_interval_ms")
+    retention_days: int = _default("retention_days")
+    archive_dir: str = _default("archive_dir")
+    cors_origins: str = _default("cors_origins")
+    pg_bin_dir: str = _default("pg_bin_dir")
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -199,6 +263,13 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     return Settings(**kwargs, sources=sources)
 
 
+_RELOAD_DOC = {
+    LIVE: "applied live.",
+    RESTART: "needs a restart of tart-backend.",
+    WEB: "applied (web workers are replaced).",
+}
+
+
 def render_env_file() -> str:
     lines = [
         "# tart configuration (systemd EnvironmentFile syntax; also read when TART_CONFIG points here).",
@@ -209,6 +280,7 @@ def render_env_file() -> str:
     for opt in OPTIONS:
         names = " / ".join((opt.env, *opt.aliases))
         lines.append(f"# {names}: {opt.doc}")
+        lines.append(f"# On SIGHUP: {_RELOAD_DOC[opt.reload]}")
         lines.append(f"#{opt.env}={opt.default}")
         lines.append("")
     return "\n".join(lines)

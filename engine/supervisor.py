@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tart.engine import config as config_mod
 from tart.engine import logs
+from tart.engine import reload as reload_mod
 
 log = logging.getLogger("tart.supervisor")
 
@@ -381,27 +382,23 @@ class Supervisor:
         sd_notify(f"READY=1\nSTATUS=tart ready: {self.settings.acceptor_count} acceptors\nMAINPID={os.getpid()}")
 
     def reload(self) -> None:
+        # What is live, restart-only or web-only comes from the option table (engine/config.py).
         try:
-            new = config_mod.load()
+            got = reload_mod.reread_all(self.settings)
         except config_mod.ConfigError as e:
             log.error("reload rejected: invalid configuration", extra={"error": str(e)})
             return
-        fixed = ("database_url", "data_dir", "telemetry_bind", "api_bind", "acceptors", "ring_bytes")
-        changed_fixed = [f for f in fixed if getattr(new, f) != getattr(self.settings, f)]
-        if changed_fixed:
+        if got.needs_restart:
             log.warning("reload: these options need a restart and were not applied",
-                        extra={"options": ",".join(changed_fixed)})
-            for f in changed_fixed:
-                object.__setattr__(new, f, getattr(self.settings, f))
-        changed = [k for k in vars(new) if k != "sources" and getattr(new, k) != getattr(self.settings, k)]
-        self.settings = new
-        logs.setup("supervisor", new.log_level)
+                        extra={"options": ",".join(got.needs_restart)})
+        self.settings = got.settings
+        logs.setup("supervisor", got.settings.log_level)
         sd_notify("RELOADING=1")
-        # Acceptors and the writer re-read configuration on SIGHUP; gunicorn reloads its workers.
+        # Acceptors and the writer re-read configuration on SIGHUP; gunicorn replaces its workers.
         for child in self.children:
             if child.pid:
                 self._signal(child, signal.SIGHUP)
-        log.info("configuration reloaded", extra={"changed": ",".join(changed) or "nothing"})
+        log.info("configuration reloaded", extra={"changed": ",".join(got.applied) or "nothing"})
         sd_notify("READY=1")
 
     def _signal(self, child: Child, sig: int) -> None:
