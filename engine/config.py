@@ -147,6 +147,46 @@ OPTIONS: list[Option] = [
            reload=WEB),
     Option("pg_bin_dir", "TART_PG_BIN_DIR", "", str,
            "Where initdb/pg_ctl live for the embedded cluster; empty = PATH, then /usr/lib/postgresql/*/bin."),
+    # --- web tier limits (issue 10) and HTTP conventions (issue 14); every one is per web worker.
+    Option("ws_recent_buffer_bytes", "TART_WS_RECENT_BUFFER_BYTES", "16777216", _pos_int,
+           "Bytes of recent events each web worker keeps for GetRecentEvents (also at most 10000 events); gauge tart_ws_recent_buffer_bytes.",
+           reload=WEB),
+    Option("ws_queue_bytes", "TART_WS_QUEUE_BYTES", "4194304", _pos_int,
+           "Bytes of events queued for one WebSocket subscriber (also at most 1000); beyond it events are skipped and reported as lagged (telemetry_broadcaster_lagged_total); gauge tart_ws_queued_bytes.",
+           reload=WEB),
+    Option("ws_recent_max_events", "TART_WS_RECENT_MAX_EVENTS", "1000", _pos_int,
+           "Most events one GetRecentEvents reply carries (a larger limit is clamped).",
+           reload=WEB),
+    Option("ws_recent_max_bytes", "TART_WS_RECENT_MAX_BYTES", "2097152", _pos_int,
+           "Most bytes of events one GetRecentEvents reply carries (the newest that fit).",
+           reload=WEB),
+    Option("ws_recent_inflight", "TART_WS_RECENT_INFLIGHT", "2", _pos_int,
+           "GetRecentEvents replies a client may have unread; more are answered with an error (tart_ws_requests_refused_total{reason=recent_inflight}).",
+           reload=WEB),
+    Option("ws_send_timeout", "TART_WS_SEND_TIMEOUT", "10", _pos_int,
+           "Seconds one WebSocket message may wait for a client that does not read before tart closes it (tart_ws_closed_total{reason=send_timeout}).",
+           reload=WEB),
+    Option("ws_max_connections", "TART_WS_MAX_CONNECTIONS", "1000", _pos_int,
+           "WebSocket connections per web worker; beyond it new ones are closed with 1013 (tart_ws_closed_total{reason=worker_limit}).",
+           reload=WEB),
+    Option("ws_max_per_address", "TART_WS_MAX_PER_ADDRESS", "16", _nonneg_int,
+           "WebSocket connections per client address per web worker (the proxy's address behind a reverse proxy); 0 = no cap (tart_ws_closed_total{reason=address_limit}).",
+           reload=WEB),
+    Option("ws_max_message", "TART_WS_MAX_MESSAGE", "65536", _pos_int,
+           "Largest WebSocket message a client may send, in bytes; gunicorn closes a larger one with 1009 before buffering it.",
+           reload=WEB),
+    Option("db_statement_timeout_ms", "TART_DB_STATEMENT_TIMEOUT_MS", "5000", _nonneg_int,
+           "statement_timeout of the web tier's database sessions; a slower query is answered 503 query_timeout (tart_http_database_timeouts_total); 0 = none.",
+           reload=WEB),
+    Option("rest_max_body_bytes", "TART_REST_MAX_BODY_BYTES", "8388608", _pos_int,
+           "Event pages are cut short (has_more stays true) so that a body stays near this size (tart_http_pages_truncated_total).",
+           reload=WEB),
+    Option("gzip_min_bytes", "TART_GZIP_MIN_BYTES", "1024", _nonneg_int,
+           "JSON and /metrics bodies at least this large are gzip-compressed for clients sending Accept-Encoding: gzip.",
+           reload=WEB),
+    Option("access_log", "TART_ACCESS_LOG", "0", _parse_bool,
+           "Log one key=value line per API request (method, path, status, duration_ms, bytes, client).",
+           reload=WEB),
 ]
 
 
@@ -201,6 +241,19 @@ class Settings:
     archive_dir: str = _default("archive_dir")
     cors_origins: str = _default("cors_origins")
     pg_bin_dir: str = _default("pg_bin_dir")
+    ws_recent_buffer_bytes: int = _default("ws_recent_buffer_bytes")
+    ws_queue_bytes: int = _default("ws_queue_bytes")
+    ws_recent_max_events: int = _default("ws_recent_max_events")
+    ws_recent_max_bytes: int = _default("ws_recent_max_bytes")
+    ws_recent_inflight: int = _default("ws_recent_inflight")
+    ws_send_timeout: int = _default("ws_send_timeout")
+    ws_max_connections: int = _default("ws_max_connections")
+    ws_max_per_address: int = _default("ws_max_per_address")
+    ws_max_message: int = _default("ws_max_message")
+    db_statement_timeout_ms: int = _default("db_statement_timeout_ms")
+    rest_max_body_bytes: int = _default("rest_max_body_bytes")
+    gzip_min_bytes: int = _default("gzip_min_bytes")
+    access_log: bool = _default("access_log")
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
