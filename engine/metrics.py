@@ -107,3 +107,29 @@ REFERENCE_COUNTER_ALIASES = (
     "telemetry_events_rate_limited",
     "telemetry_broadcaster_total_broadcast",
 )
+
+# --- web tier limits (issue 10: hostile clients affect only themselves) ----------------------
+WS_RECENT_BUFFER_BYTES = Gauge(
+    "tart_ws_recent_buffer_bytes", "Bytes of recent events kept for GetRecentEvents (TART_WS_RECENT_BUFFER_BYTES)",
+    multiprocess_mode="livesum",
+)
+WS_QUEUED_BYTES = Gauge(
+    "tart_ws_queued_bytes", "Bytes of events queued for WebSocket subscribers, not yet sent (TART_WS_QUEUE_BYTES each)",
+    multiprocess_mode="livesum",
+)
+WS_CLOSED = Counter(
+    "tart_ws_closed", "WebSocket connections tart closed or refused to protect others, by reason", ["reason"]
+)
+WS_REQUESTS_REFUSED = Counter(
+    "tart_ws_requests_refused", "WebSocket client requests answered with an error instead of a reply, by reason",
+    ["reason"],
+)
+HTTP_DB_TIMEOUTS = Counter(
+    "tart_http_database_timeouts", "REST requests answered 503 because a query ran past TART_DB_STATEMENT_TIMEOUT_MS"
+)
+HTTP_PAGES_TRUNCATED = Counter(
+    "tart_http_pages_truncated", "Event pages cut short to keep the body under TART_REST_MAX_BODY_BYTES"
+)
+for _reason in ("send_timeout", "unread_replies", "address_limit", "worker_limit"):
+    WS_CLOSED.labels(reason=_reason)
+WS_REQUESTS_REFUSED.labels(reason="recent_inflight")
