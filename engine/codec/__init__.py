@@ -4,8 +4,8 @@ One declarative table (schema.py) built from composable types (types.py) drives 
 """
 
 from .errors import DecodeError
-from .eventtype import EventType
 from .events import EVENT_NAMES, EVENT_TYPES, Decoded, decode_event, encode_event, event_json, event_schema
+from .eventtype import EventType
 from .jce import JCE_EPOCH_UNIX_US, jce_to_datetime
 from .natural import decode_natural, encode_natural
 from .nodeinfo import NodeInfo, decode_node_info, encode_node_info
