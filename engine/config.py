@@ -58,6 +58,13 @@ def _ring_bytes(value: str) -> int:
     return n
 
 
+def _log_format(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("logfmt", "json"):
+        raise ValueError(f"expected logfmt or json, got {value!r}")
+    return v
+
+
 def _log_level(value: str) -> str:
     # Accept RUST_LOG-style directives ("tart_backend=debug,sqlx=warn"): take the most verbose level.
     order = ["trace", "debug", "info", "warn", "warning", "error"]
@@ -115,6 +122,8 @@ OPTIONS: list[Option] = [
            "Log level (error, warning, info, debug); RUST_LOG-style directives are accepted.",
            aliases=("LOG_LEVEL", "RUST_LOG"),
            reload=LIVE, roles=("supervisor", "acceptor", "writer")),
+    Option("log_format", "TART_LOG_FORMAT", "logfmt", _log_format,
+           "Log line format: logfmt (key=value, read by Loki's | logfmt, hl, lnav) or json (one object per line)."),
     Option("acceptors", "TART_ACCEPTORS", "0", _nonneg_int, "Acceptor worker processes; 0 = number of CPUs."),
     Option("web_workers", "TART_WEB_WORKERS", "2", _pos_int, "gunicorn ASGI worker processes for the API."),
     Option("max_connections", "TART_MAX_CONNECTIONS", "1024", _pos_int,
@@ -228,6 +237,7 @@ class Settings:
     telemetry_bind: tuple[str, int] = _default("telemetry_bind")
     api_bind: tuple[str, int] = _default("api_bind")
     log_level: str = _default("log_level")
+    log_format: str = _default("log_format")
     acceptors: int = _default("acceptors")
     web_workers: int = _default("web_workers")
     max_connections: int = _default("max_connections")
