@@ -132,12 +132,51 @@ OPTIONS: list[Option] = [
     Option("rate_limit", "TART_RATE_LIMIT", "1000", _nonneg_int,
            "Per-node events/s (token bucket, burst = 2 s worth); 0 = off. Excess is counted in telemetry_events_rate_limited.",
            reload=LIVE, roles=("acceptor",)),
-    Option("max_frame", "TART_MAX_FRAME", "262144", _pos_int,
-           "Largest accepted frame in bytes; a larger length prefix closes that connection.",
+    Option("max_frame", "TART_MAX_FRAME", "131072", _pos_int,
+           "Largest accepted event frame in bytes (the largest real event, a work package outline with 3072 imports, is "
+           "~105 KiB); a larger length prefix closes that connection, counted in telemetry_frame_errors{kind=oversize}.",
            reload=LIVE, roles=("acceptor",)),
     Option("idle_timeout", "TART_IDLE_TIMEOUT", "120", _pos_int,
            "Seconds a node may send nothing before its connection is closed.",
            reload=LIVE, roles=("acceptor",)),
+    # --- ingest hardening (issue 10): what one hostile node or host can take ---
+    Option("max_node_info", "TART_MAX_NODE_INFO", "1196", _pos_int,
+           "Largest node-information message (the first frame) in bytes; the default is the largest the layout allows "
+           "(4 strings at their bounds, parameters up to 512 bytes). Larger: connection closed, counted in "
+           "telemetry_frame_errors{kind=node_info_oversize}.",
+           reload=LIVE, roles=("acceptor",)),
+    Option("handshake_timeout", "TART_HANDSHAKE_TIMEOUT", "5", _pos_int,
+           "Seconds a connection may take to send its node information; then it is closed, counted in "
+           "telemetry_connections_closed{reason=handshake_timeout}, and the address gets a strike.",
+           reload=LIVE, roles=("acceptor",)),
+    Option("max_connections_per_address", "TART_MAX_CONNECTIONS_PER_ADDRESS", "0", _nonneg_int,
+           "Concurrent node connections from one source address (all acceptors); 0 = max(8, TART_MAX_CONNECTIONS / 8). "
+           "Beyond it: refused, counted in tart_connections_refused{reason=per_address}, a strike.",
+           reload=LIVE, roles=("acceptor",)),
+    Option("conn_byte_rate", "TART_CONN_BYTE_RATE", "1048576", _nonneg_int,
+           "Bytes/s one connection may send (token bucket, burst 2 s worth); 0 = off. Over it tart stops reading that "
+           "socket until the debt is paid (TCP backpressure, nothing dropped); counted in tart_connection_throttles.",
+           reload=LIVE, roles=("acceptor",)),
+    Option("addr_byte_rate", "TART_ADDR_BYTE_RATE", "4194304", _nonneg_int,
+           "Bytes/s one source address may send over all its connections and acceptors (leaky bucket, burst 2 s, "
+           "measured each second); 0 = off. Over it the address is banned; counted in tart_address_bans{reason=byte_rate}.",
+           reload=LIVE, roles=("acceptor",)),
+    Option("ban_strikes", "TART_BAN_STRIKES", "10", _nonneg_int,
+           "Abuses within 60 s (bad or oversize node information, oversize frame, handshake timeout, over the per-address "
+           "cap) that ban an address; 0 = never. Counted in tart_address_bans{reason=abuse}.",
+           reload=LIVE, roles=("acceptor",)),
+    Option("ban_seconds", "TART_BAN_SECONDS", "600", _pos_int,
+           "How long a banned address is refused (its open connections are closed); counted in "
+           "tart_connections_refused{reason=banned}.",
+           reload=LIVE, roles=("acceptor",)),
+    Option("acceptor_pending_bytes", "TART_ACCEPTOR_PENDING_BYTES", "16777216", _pos_int,
+           "Decoded records an acceptor may hold while its ring is full, in bytes; beyond it every socket of that "
+           "acceptor stops reading (TCP backpressure).",
+           reload=LIVE, roles=("acceptor",)),
+    Option("heartbeat_timeout", "TART_HEARTBEAT_TIMEOUT", "30", _pos_int,
+           "Seconds without a heartbeat (acceptor ring, writer.health) after which the supervisor kills the hung child "
+           "and restarts it; counted in tart_process_hung{role}.",
+           reload=LIVE, roles=("supervisor",)),
     Option("ring_bytes", "TART_RING_BYTES", "67108864", _ring_bytes,
            "Shared-memory ring size per acceptor, in bytes."),
     Option("batch_max", "TART_BATCH_MAX", "10000", _pos_int, "Most events per COPY batch.",
@@ -244,6 +283,15 @@ class Settings:
     rate_limit: int = _default("rate_limit")
     max_frame: int = _default("max_frame")
     idle_timeout: int = _default("idle_timeout")
+    max_node_info: int = _default("max_node_info")
+    handshake_timeout: int = _default("handshake_timeout")
+    max_connections_per_address: int = _default("max_connections_per_address")
+    conn_byte_rate: int = _default("conn_byte_rate")
+    addr_byte_rate: int = _default("addr_byte_rate")
+    ban_strikes: int = _default("ban_strikes")
+    ban_seconds: int = _default("ban_seconds")
+    acceptor_pending_bytes: int = _default("acceptor_pending_bytes")
+    heartbeat_timeout: int = _default("heartbeat_timeout")
     ring_bytes: int = _default("ring_bytes")
     batch_max: int = _default("batch_max")
     batch_interval_ms: int = _default("batch_interval_ms")
@@ -269,6 +317,11 @@ class Settings:
     @property
     def acceptor_count(self) -> int:
         return self.acceptors or (os.cpu_count() or 1)
+
+    @property
+    def per_address_limit(self) -> int:
+        """TART_MAX_CONNECTIONS_PER_ADDRESS resolved: one host gets at most an eighth of all slots."""
+        return self.max_connections_per_address or max(8, self.max_connections // 8)
 
     @property
     def data_path(self) -> Path:

@@ -133,3 +133,38 @@ HTTP_PAGES_TRUNCATED = Counter(
 for _reason in ("send_timeout", "unread_replies", "address_limit", "worker_limit"):
     WS_CLOSED.labels(reason=_reason)
 WS_REQUESTS_REFUSED.labels(reason="recent_inflight")
+
+# --- ingest limits (issue 10: hostile nodes affect only themselves) --------------------------
+CONNECTIONS_REFUSED = Counter(
+    "tart_connections_refused",
+    "Node connections refused at connect time, by reason (limit: TART_MAX_CONNECTIONS; per_address: "
+    "TART_MAX_CONNECTIONS_PER_ADDRESS; banned: the address is banned)",
+    ["reason"],
+)
+ADDRESS_BANS = Counter(
+    "tart_address_bans", "Source addresses banned for TART_BAN_SECONDS, by reason (abuse: TART_BAN_STRIKES; "
+    "byte_rate: TART_ADDR_BYTE_RATE)", ["reason"],
+)
+CONNECTION_THROTTLES = Counter(
+    "tart_connection_throttles", "Times a node connection stopped being read because it exceeded TART_CONN_BYTE_RATE"
+)
+ACCEPTOR_PENDING_BYTES = Gauge(
+    "tart_acceptor_pending_bytes", "Bytes of decoded records waiting in acceptors for ring space (TART_ACCEPTOR_PENDING_BYTES each)",
+    multiprocess_mode="livesum",
+)
+EVENT_ID_SATURATED = Counter(
+    "tart_event_id_saturated", "Dropped events whose count would overflow event_id (BIGINT): the id stays at its maximum"
+)
+PROCESS_HUNG = Counter(
+    "tart_process_hung", "Children killed by the supervisor because their heartbeat was older than TART_HEARTBEAT_TIMEOUT",
+    ["role"],
+)
+for _reason in ("limit", "per_address", "banned"):
+    CONNECTIONS_REFUSED.labels(reason=_reason)
+for _reason in ("abuse", "byte_rate"):
+    ADDRESS_BANS.labels(reason=_reason)
+for _reason in ("handshake_timeout", "banned", "node_info_oversize"):
+    CONNECTIONS_CLOSED.labels(reason=_reason)
+FRAME_ERRORS.labels(kind="node_info_oversize")
+for _role in ("acceptor", "writer"):
+    PROCESS_HUNG.labels(role=_role)
