@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import random
+import secrets
 import select
 import shutil
 import signal
@@ -46,6 +47,8 @@ class Child:
     started_at: float = 0.0
     restarts: int = 0
     next_start: float = 0.0  # backoff: earliest time it may be started again
+    started_wall: float = 0.0  # unix time of the last start, for the heartbeat check
+    killed_hung: bool = False
     stopping: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -88,16 +91,72 @@ def _raise_malloc_trim_threshold(value: int) -> None:
         pass  # not glibc: nothing to tune
 
 
+def set_title(title: str) -> None:
+    """What ps shows for this process (`tart: acceptor 0`); a no-op without setproctitle."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
 def _remove_stale_rings() -> None:
-    """Rings of a supervisor that died without cleaning up (named tart<pid>r<i>) are removed."""
+    """Rings of a supervisor that died without cleaning up (named tart<pid>r<i>) are removed.
+    Only our own user's: /dev/shm is shared by every local user, who may use the same names."""
     from tart.engine.ring import Ring
 
+    uid = os.getuid()
     for path in Path("/dev/shm").glob("tart*r*"):
         pid_text = path.name[4:].split("r", 1)[0]
         if not pid_text.isdigit() or Path(f"/proc/{pid_text}").exists():
             continue
-        if Ring.remove(path.name):
-            log.info("removed stale ring", extra={"ring": path.name})
+        try:
+            if path.stat().st_uid != uid:
+                continue
+            if Ring.remove(path.name):
+                log.info("removed stale ring", extra={"ring": path.name})
+        except OSError as e:
+            log.debug("stale ring not removed", extra={"ring": path.name, "error": str(e)})
+
+
+def create_rings(tag: str, count: int, capacity: int) -> tuple[list, list[str]]:
+    """One ring per acceptor, named `<tag>r<i>`; a name that already exists in /dev/shm (another
+    user's segment, or a reused pid's leftover we may not remove) gets a random suffix instead."""
+    from tart.engine.ring import Ring
+
+    rings, names = [], []
+    for i in range(count):
+        name = f"{tag}r{i}"
+        for _attempt in range(8):
+            try:
+                rings.append(Ring.create(name, capacity, i))
+                break
+            except FileExistsError:
+                taken, name = name, f"{tag}r{i}x{secrets.token_hex(4)}"
+                log.warning("ring name taken, using another", extra={"taken": taken, "ring": name})
+        else:
+            raise RuntimeError(f"no free ring name for acceptor {i} in /dev/shm")
+        names.append(name)
+    return rings, names
+
+
+def child_heartbeat(child: Child, rings: list, health_path: Path) -> float:
+    """Unix time of `child`'s last heartbeat, or 0.0 if it has written none (yet): acceptors in
+    their ring's header, the writer in writer.health (which names its pid: a predecessor's
+    file says nothing about this incarnation)."""
+    if child.role == "acceptor":
+        ring = rings[child.index]
+        return ring.heartbeat_at if ring.producer_pid == child.pid else 0.0
+    if child.role == "writer":
+        try:
+            st = health_path.stat()
+            import orjson
+
+            doc = orjson.loads(health_path.read_bytes())
+        except (OSError, ValueError):
+            return 0.0
+        return st.st_mtime if isinstance(doc, dict) and doc.get("pid") == child.pid else 0.0
+    return 0.0
 
 
 def _listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -173,14 +232,8 @@ class Supervisor:
             conn.commit()
         log.info("database ready", extra={"embedded": self.cluster is not None, "migrations_applied": len(applied)})
 
-        from tart.engine.ring import Ring
-
         _remove_stale_rings()
-        tag = f"tart{os.getpid()}"
-        for i in range(s.acceptor_count):
-            name = f"{tag}r{i}"
-            self.rings.append(Ring.create(name, s.ring_bytes, i))
-            self.ring_names.append(name)
+        self.rings, self.ring_names = create_rings(f"tart{os.getpid()}", s.acceptor_count, s.ring_bytes)
 
         host, port = s.telemetry_bind
         self.listen_socks = _listen_sockets(host, port, s.acceptor_count)
@@ -206,6 +259,8 @@ class Supervisor:
     # --- children -----------------------------------------------------------------------
     def spawn(self, child: Child) -> None:
         child.started_at = time.monotonic()
+        child.started_wall = time.time()
+        child.killed_hung = False
         child.stopping = False
         if child.role == "web":
             self._spawn_web(child)
@@ -225,6 +280,7 @@ class Supervisor:
             # Until the role installs its reload handler, a SIGHUP must not kill the child.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             logs.setup(child.name, self.settings.log_level)
+            set_title(f"tart: {child.role} {child.index}")
             if child.role == "acceptor":
                 from tart.engine.acceptor import run_acceptor
 
@@ -268,6 +324,7 @@ class Supervisor:
             "-w", str(s.web_workers),
             "-b", bind,
             "--config", "python:tart.web.gunicorn_conf",
+            "--name", "tart: web",  # ps: "gunicorn: master [tart: web]"
             "tart.web.asgi:app",
         ]
         child.popen = subprocess.Popen(cmd, env=env, pass_fds=())
@@ -313,6 +370,34 @@ class Supervisor:
         except Exception:  # metrics must never stop supervision
             pass
 
+    def check_heartbeats(self) -> None:
+        """Kill a child whose heartbeat is older than TART_HEARTBEAT_TIMEOUT (gunicorn's
+        murder_workers): a hung acceptor holds its nodes and its ring, a hung writer all
+        ingest. Its death is then handled like any other: restarted with backoff."""
+        timeout = self.settings.heartbeat_timeout
+        now = time.time()
+        health = self.settings.data_path / "writer.health"
+        for child in self.children:
+            if not child.pid or child.stopping or child.killed_hung or child.role == "web":
+                continue
+            try:
+                beat = child_heartbeat(child, self.rings, health)
+            except Exception:  # a bad health file must never stop supervision
+                continue
+            silent = now - max(beat, child.started_wall)
+            if silent <= timeout:
+                continue
+            child.killed_hung = True
+            log.error("hung, killing", extra={"child": child.name, "pid": child.pid, "silent_s": round(silent, 1),
+                                              "heartbeat_timeout_s": timeout})
+            try:
+                from tart.engine.metrics import PROCESS_HUNG
+
+                PROCESS_HUNG.labels(child.role).inc()
+            except Exception:
+                pass
+            self._signal(child, signal.SIGKILL)
+
     def _mark_dead_metrics_pid(self) -> None:
         try:
             from prometheus_client import multiprocess
@@ -347,6 +432,7 @@ class Supervisor:
                 elif sig == signal.SIGHUP:
                     self.reload()
             self.reap()
+            self.check_heartbeats()
             self.start_due_children()
             if not self.ready_sent:
                 self._check_ready()
@@ -468,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name} = {value!r}  ({settings.sources.get(name)})")
         return 0
     logs.setup("supervisor", settings.log_level)
+    set_title("tart: supervisor")
     if settings.acceptor_count > 64:
         print("tart-backend: TART_ACCEPTORS must be <= 64", file=sys.stderr)
         return 2
