@@ -102,6 +102,10 @@ def test_backend_unit_settings_that_matter() -> None:
     assert one["SystemCallArchitectures"] == "native"
     assert one["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
     assert "MemoryDenyWriteExecute" in one  # a decision, stated (and explained) in the unit
+    # Resource bounds and a syscall filter (issue 10): systemd-analyze verify checks their syntax.
+    assert one["MemoryMax"].endswith("G") and int(one["MemoryMax"][:-1]) >= 2
+    assert 128 <= int(one["TasksMax"]) <= 4096
+    assert one["SystemCallFilter"] == "@system-service" and one["SystemCallErrorNumber"] == "EPERM"
 
 
 # --- readiness ---------------------------------------------------------------------------------
