@@ -180,3 +180,9 @@ def setup(role: str, level: str = "info", fmt: str | None = None) -> None:
     handler.setFormatter(KeyValueFormatter(role, fmt))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Every tart process calls this with its role once it knows it: the moment to record the role
+    # for the per-process process_* metrics (only where metrics are shared, i.e. under the supervisor).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from tart.engine import metrics
+
+        metrics.register_process(role)
