@@ -1,9 +1,9 @@
 """`tart-backend`: the supervisor (arbiter) of every tart process.
 
 Modelled on gunicorn's arbiter: the parent does no request work; it prepares what the children
-share (database, rings, listening socket), forks them, and then only reacts to signals and child
-deaths. Children: N acceptors and one writer (forked, so they inherit the listening socket and the
-imported code), and the web tier (gunicorn, exec'd, since it runs its own arbiter).
+share (database, rings, one SO_REUSEPORT listening socket per acceptor, kept across acceptor
+restarts), forks them, and then only reacts to signals and child deaths. Children: N acceptors and
+one writer (forked, so each acceptor inherits its own listening socket and the imported code), and the web tier (gunicorn, exec'd, since it runs its own arbiter).
 
 Shutdown order matters for "nothing accepted is lost": acceptors stop first (they flush what
 they decoded into their rings), then the writer drains every ring into PostgreSQL, then the web
@@ -29,6 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tart import add_version_flag
 from tart.engine import config as config_mod
 from tart.engine import logs
 from tart.engine import reload as reload_mod
@@ -536,7 +537,13 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tart-backend", description=__doc__.splitlines()[0])
+    # Plain text here: the module docstring's first line carries reST markup for readers of the code.
+    parser = argparse.ArgumentParser(
+        prog="tart-backend",
+        description="Run tart: the supervisor, N acceptors, the writer and the web tier.",
+        epilog="Configuration comes from the environment and the TART_CONFIG file (conf/tart.env lists every "
+               "option); SIGHUP reloads it, SIGTERM stops tart after draining every accepted event.")
+    add_version_flag(parser)
     parser.add_argument("--check-config", action="store_true", help="validate configuration and exit")
     parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     args = parser.parse_args(argv)
