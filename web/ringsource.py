@@ -127,7 +127,8 @@ class RingSet:
                     counters=ring.counters.as_dict(),
                 )
             except Exception as e:  # noqa: BLE001 - health must report, not fail
-                info["error"] = str(e)
+                log.warning("ring health failed", extra={"ring": name, "error": str(e)[:300]})
+                info["error"] = type(e).__name__
             out.append(info)
         return out
 
