@@ -213,7 +213,9 @@ def test_client_that_does_not_read_is_closed_after_the_send_timeout(tmp_path: Pa
         stalled = StalledClient(srv.port)
 
         async def run() -> None:
-            fast = await _open(srv.ws_url)
+            # The reading client buffers without bound on its side, so that it keeps reading while
+            # this test is busy polling /metrics.
+            fast = await _open(srv.ws_url, max_queue=None)
             wait_for(lambda: metric(srv, "telemetry_broadcaster_subscribers") == 2, what="two subscribers")
             ring.write([big_event(ring) for _ in range(300)])  # 12 MB: far past every buffer
             ring.commit_all()
