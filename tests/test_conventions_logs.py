@@ -107,3 +107,26 @@ def test_json_lines_stay_one_line_and_decode_back(value: str) -> None:
     line = logs.KeyValueFormatter("web", "json").format(_record("x", node_name=value))
     assert len(line.splitlines()) == 1 and line.isprintable()
     assert json.loads(line)["node_name"] == value
+
+
+# Stragglers in the web tier, being reworked there (issue 14 "one logging style"); remove an entry
+# when its file is converted. Anything else new in %-style fails here.
+PERCENT_STYLE_PENDING = {"web/broadcaster.py", "web/ringsource.py", "web/state.py"}
+
+
+def test_one_logging_style_constant_message_and_extra_fields() -> None:
+    import ast
+
+    repo = Path(__file__).resolve().parent.parent
+    levels = {"debug", "info", "warning", "error", "exception", "critical"}
+    offenders = []
+    for path in sorted([*repo.glob("engine/**/*.py"), *repo.glob("web/*.py"), *repo.glob("dash/*.py")]):
+        rel = str(path.relative_to(repo))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in levels
+                    and isinstance(node.func.value, ast.Name | ast.Attribute)
+                    and (getattr(node.func.value, "id", None) or getattr(node.func.value, "attr", "")) in ("log", "logger")
+                    and (len(node.args) > 1 or (node.args and isinstance(node.args[0], ast.JoinedStr)))):
+                offenders.append(f"{rel}:{node.lineno}")
+    unexpected = [o for o in offenders if o.partition(":")[0] not in PERCENT_STYLE_PENDING]
+    assert not unexpected, f"log with a constant message and extra={{...}}, not %-args or f-strings: {unexpected}"
