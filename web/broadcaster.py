@@ -274,7 +274,7 @@ class Broadcaster:
                 recs, missed = reader.read(READ_BATCH)
             except RuntimeError as e:
                 # A torn read from a lap in progress: start again at the live edge.
-                log.warning("ring %s tail read failed, resyncing: %s", name, e)
+                log.warning("ring tail read failed, resyncing", extra={"ring": name, "error": str(e)})
                 self._readers[name] = self.rings.rings[name].tail_reader(from_gate=False)
                 continue
             if missed:

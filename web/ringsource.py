@@ -65,7 +65,7 @@ class RingSet:
                 self.rings[name] = Ring.attach(name)
                 added.append(name)
             except (OSError, ValueError) as e:
-                log.warning("cannot attach ring %s: %s", name, e)
+                log.warning("cannot attach ring", extra={"ring": name, "error": str(e)})
         return added
 
     def snapshot_uncommitted(self, max_records: int = SNAPSHOT_MAX) -> list[bytes]:

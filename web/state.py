@@ -55,7 +55,7 @@ class StatsProvider:
             try:
                 self.value = await store.stats(self.pool)
             except Exception as e:  # noqa: BLE001 - a WS client gets stale stats rather than none
-                log.warning("stats refresh failed: %s", e)
+                log.warning("stats refresh failed", extra={"error": f"{type(e).__name__}: {e}"[:300]})
             self.at = time.monotonic()
             return self.value
 
