@@ -1,6 +1,7 @@
 """Acceptor worker: JIP-3 TCP connections in, ring records out (one process per ring).
 
-The supervisor forks N of these; all accept on the one inherited listening socket. Each runs a
+The supervisor forks N of these; each accepts on its own inherited SO_REUSEPORT listening socket
+(the kernel spreads connections; the supervisor keeps the sockets across restarts). Each runs a
 uvloop event loop with one asyncio Protocol per node connection:
 
 - frames are split by offset scanning (framing.py) and decoded in the read callback; the records
