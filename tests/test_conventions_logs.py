@@ -109,9 +109,9 @@ def test_json_lines_stay_one_line_and_decode_back(value: str) -> None:
     assert json.loads(line)["node_name"] == value
 
 
-# Stragglers in the web tier, being reworked there (issue 14 "one logging style"); remove an entry
+# Files still in %-style, if any (issue 14 "one logging style": none left); remove an entry
 # when its file is converted. Anything else new in %-style fails here.
-PERCENT_STYLE_PENDING = {"web/broadcaster.py", "web/ringsource.py", "web/state.py"}
+PERCENT_STYLE_PENDING: set[str] = set()
 
 
 def test_one_logging_style_constant_message_and_extra_fields() -> None:
