@@ -1,6 +1,10 @@
 """`tart-dash`: the operator console.
 
-    tart-dash [--host localhost] [--port 8080] [--refresh-ms 1000]
+    tart-dash [--url https://tart.example.org/] [--refresh-ms 1000]
+    tart-dash [--host localhost] [--port 8080]
+
+``--url`` (or ``TART_URL``) reaches tart behind a TLS reverse proxy, also under a path prefix:
+REST goes to ``<url>/api/...`` and the WebSocket to the same place with ``ws``/``wss``.
 
 REST snapshots and the /api/ws stream are read by two background threads (feed.py); the urwid
 loop (AsyncioEventLoop) only draws and handles keys, woken through a pipe when data arrives.
@@ -18,6 +22,8 @@ import time
 from collections.abc import Callable
 
 import urwid
+
+from tart import add_version_flag
 
 from .detail import NodeDetail
 from .events import Events
@@ -50,12 +56,41 @@ class PromptEdit(urwid.Edit):
         return super().keypress(size, key)
 
 
+DEFAULT_URL = "http://localhost:8080"
+
+
+def api_urls(url: str) -> tuple[str, str, str]:
+    """``(REST base, WebSocket URL, label)`` for a tart URL: ``https://h/p/`` gives
+    ``https://h/p``, ``wss://h/p/api/ws``. A bare ``host:port`` means http; ``ws(s)://`` is taken
+    as the matching ``http(s)://``."""
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"the URL must not have a query or fragment: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+    path = parts.path.rstrip("/")
+    base = f"{scheme}://{parts.netloc}{path}"
+    ws = f"{'wss' if scheme == 'https' else 'ws'}://{parts.netloc}{path}/api/ws"
+    label = parts.netloc + path if scheme == "http" else f"https://{parts.netloc}{path}"
+    return base, ws, label
+
+
 class App:
-    def __init__(self, host: str, port: int, refresh_ms: int) -> None:
+    def __init__(self, host: str, port: int, refresh_ms: int, url: str | None = None) -> None:
         self.host, self.port = host, port
-        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.base = f"http://{hostport}"
-        self.ws_url = f"ws://{hostport}/api/ws"
+        if url is None:
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.base, self.ws_url, hostport = api_urls(url)
         self.refresh_s = max(0.1, refresh_ms / 1000)
         self.model = Model()
         self.screens: list[Screen] = [Overview(self, hostport), Nodes(self), NodeDetail(self), Events(self)]
@@ -210,23 +245,41 @@ class App:
             aloop.close()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tart-dash", description="Operator console for a tart backend.")
-    p.add_argument("--host", default="localhost", help="API host (default: localhost)")
-    p.add_argument("--port", type=int, default=8080, help="API port (default: 8080)")
+def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> argparse.Namespace:
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(
+        prog="tart-dash", description="Operator console for a tart backend.",
+        epilog="Where tart is: --url, else --host/--port, else $TART_URL, else http://localhost:8080.")
+    add_version_flag(p)
+    p.add_argument("--url", help="tart's base URL, e.g. https://tart.example.org/ behind a TLS reverse proxy "
+                                 "(WebSocket: wss://.../api/ws); default: $TART_URL or http://localhost:8080")
+    p.add_argument("--host", default=None, help="API host, plain HTTP (default: localhost)")
+    p.add_argument("--port", type=int, default=None, help="API port, plain HTTP (default: 8080)")
     p.add_argument("--refresh-ms", type=int, default=1000, help="REST poll interval in ms (default: 1000)")
     args = p.parse_args(argv)
-    if not 0 < args.port < 65536:
+    if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be 1..65535")
     if args.refresh_ms < 100:
         p.error("--refresh-ms must be >= 100")
+    if args.url is not None and (args.host is not None or args.port is not None):
+        p.error("--url and --host/--port are alternatives")
+    if args.url is None:
+        if args.host is None and args.port is None and env.get("TART_URL"):
+            args.url = env["TART_URL"]
+        else:
+            host, port = args.host or "localhost", args.port or 8080
+            args.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    try:
+        api_urls(args.url)
+    except ValueError as e:
+        p.error(f"--url/TART_URL: {e}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        App(args.host, args.port, args.refresh_ms).run()
+        App(args.host or "localhost", args.port or 8080, args.refresh_ms, url=args.url).run()
     except KeyboardInterrupt:
         return 130
     return 0

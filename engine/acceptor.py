@@ -1,6 +1,7 @@
 """Acceptor worker: JIP-3 TCP connections in, ring records out (one process per ring).
 
-The supervisor forks N of these; all accept on the one inherited listening socket. Each runs a
+The supervisor forks N of these; each accepts on its own inherited SO_REUSEPORT listening socket
+(the kernel spreads connections; the supervisor keeps the sockets across restarts). Each runs a
 uvloop event loop with one asyncio Protocol per node connection:
 
 - frames are split by offset scanning (framing.py) and decoded in the read callback; the records
@@ -19,8 +20,16 @@ closes idle connections.
 Limits: TART_MAX_CONNECTIONS is shared by all acceptors through `<data_dir>/run/connections`
 (ratelimit.ConnectionLimit: one flock'd slot per acceptor index); TART_RATE_LIMIT is a token
 bucket per connection (a node is one connection); TART_IDLE_TIMEOUT closes silent connections.
-Close reasons in telemetry_connections_closed: eof, reset, idle, oversize, bad_node_info, error,
-shutdown.
+Close reasons in telemetry_connections_closed: eof, reset, idle, oversize, bad node info, error,
+shutdown, handshake_timeout, node_info_oversize, banned.
+
+What one hostile host can take (the same file holds a table of source addresses, so the limits
+hold across acceptors): TART_MAX_CONNECTIONS_PER_ADDRESS places; a node-information frame of
+TART_MAX_NODE_INFO bytes, sent within TART_HANDSHAKE_TIMEOUT; TART_CONN_BYTE_RATE bytes/s per
+connection, enforced by no longer reading the socket (TCP backpressure: a fast node is slowed,
+never silently dropped); TART_ADDR_BYTE_RATE bytes/s per address, and TART_BAN_STRIKES abuses
+(bad handshakes, oversize frames, refusals over the per-address cap) within a minute, after which
+the address is banned for TART_BAN_SECONDS, its connections closed, and one line logged.
 """
 
 from __future__ import annotations
@@ -39,9 +48,15 @@ import orjson
 from tart.engine import metrics as m
 from tart.engine import reload
 from tart.engine.codec import DecodeError, decode_event, decode_node_info
-from tart.engine.config import Settings
+from tart.engine.config import Settings, live_options
 from tart.engine.framing import FrameSplitter
-from tart.engine.ratelimit import ConnectionLimit, TokenBucket
+from tart.engine.ratelimit import (
+    REFUSED_LIMIT,
+    ConnectionLimit,
+    TokenBucket,
+    address_key,
+    address_text,
+)
 from tart.engine.record import (
     EVENT_HEADER,
     FLAG_HAS_NUL,
@@ -57,8 +72,11 @@ log = logging.getLogger("tart.acceptor")
 RETRY_FLUSH_S = 0.002  # ring full: how soon to try again
 HOUSEKEEPING_S = 1.0  # heartbeat, idle sweep, metric push
 # What SIGHUP changes in a running acceptor; the rest needs a restart (tart.engine.reload).
-LIVE_OPTIONS = ("rate_limit", "idle_timeout", "max_connections", "max_frame", "log_level")
-PENDING_SOFT_CAP = 50_000  # records: beyond this, pause reading even before the ring refuses
+LIVE_OPTIONS = live_options("acceptor")
+PENDING_SOFT_CAP = 50_000  # records: beyond this (or TART_ACCEPTOR_PENDING_BYTES), pause reading
+# event_id is stored as BIGINT: a Dropped count that would pass this leaves the id here.
+EVENT_ID_MAX = (1 << 63) - 1
+REFUSAL_LOG_EVERY_S = 10.0  # a connection flood must not become a log flood
 SHUTDOWN_FLUSH_S = 3.0  # the supervisor allows an acceptor 4 s to stop
 
 _ev_pack = EVENT_HEADER.pack
@@ -137,6 +155,10 @@ class Acceptor:
         self.n_bytes = 0
         self.n_rate_limited = 0
         self.n_dropped_too_large = 0
+        self.n_throttles = 0
+        self.n_refused: dict[str, int] = {}
+        self.refusal_log_at = 0.0
+        self.pending_bytes = 0  # of the records in `pending`
         self.events_total = 0  # lifetime of this process, for the stop log line
         self.nodes_total = 0
         self.decode_errors: dict[str, int] = {}
@@ -153,7 +175,9 @@ class Acceptor:
             written = self.ring.write_many(pending)
             if written >= len(pending):
                 pending.clear()
+                self.pending_bytes = 0
             else:
+                self.pending_bytes -= sum(map(len, pending[:written]))
                 del pending[:written]
                 self.pause_all()
                 self.flush_handle = self.loop.call_later(RETRY_FLUSH_S, self.flush)
@@ -202,9 +226,20 @@ class Acceptor:
         if "max_frame" in changes:
             for conn in self.conns:
                 conn.splitter.max_frame = s.max_frame
-        if "max_connections" in changes:
-            # Connections already over a lowered limit stay; new ones wait for room.
-            self.limit.limit = s.max_connections
+        if "max_node_info" in changes:
+            for conn in self.conns:
+                if conn.splitter.first_max is not None:
+                    conn.splitter.first_max = s.max_node_info
+        if "conn_byte_rate" in changes:
+            now = self.loop.time()
+            for conn in self.conns:
+                conn.set_byte_rate(s.conn_byte_rate, now)
+        # Connections already over a lowered limit stay; new ones wait for room.
+        self.limit.limit = s.max_connections
+        self.limit.per_address = s.per_address_limit
+        self.limit.ban_strikes = s.ban_strikes
+        self.limit.ban_seconds = s.ban_seconds
+        self.limit.addr_byte_rate = s.addr_byte_rate
         log.info("configuration reloaded", extra={"changed": reload.describe(changes)})
 
     # --- periodic --------------------------------------------------------------------------
@@ -215,10 +250,59 @@ class Acceptor:
             log.exception("ring heartbeat failed")
         if not self.paused:
             # While paused the silence is ours, not the node's.
-            deadline = self.loop.time() - self.settings.idle_timeout
+            now = self.loop.time()
+            deadline = now - self.settings.idle_timeout
             for conn in [c for c in self.conns if c.last_read < deadline]:
                 conn.close("idle")
+            handshake = now - self.settings.handshake_timeout
+            for conn in [c for c in self.conns if c.peer_id is None and c.opened < handshake]:
+                conn.close("handshake_timeout")
+                self.strike(conn.addr_key, "handshake_timeout")
+        self.account_bytes()
         self.push_metrics()
+
+    # --- per-address limits ---------------------------------------------------------------------
+    def account_bytes(self) -> None:
+        """Once a second: add what each address sent here to its shared byte bucket, and close
+        the connections of every address that is banned now (by any acceptor)."""
+        by_key: dict[bytes, int] = {}
+        for conn in self.conns:
+            if conn.addr_key:
+                by_key[conn.addr_key] = by_key.get(conn.addr_key, 0) + conn.tick_bytes
+                conn.tick_bytes = 0
+        if not by_key:
+            return
+        try:
+            newly, banned = self.limit.account(by_key)
+        except OSError:
+            log.exception("address accounting failed")
+            return
+        for key in newly:
+            self.banned(key, "byte_rate")
+        if banned:
+            for conn in [c for c in self.conns if c.addr_key in banned]:
+                conn.close("banned")
+
+    def strike(self, key: bytes, why: str) -> None:
+        if key and self.limit.strike(key):
+            self.banned(key, "abuse", why)
+
+    def banned(self, key: bytes, reason: str, why: str = "") -> None:
+        """This acceptor banned `key` just now: count it, log it once, close its connections."""
+        m.ADDRESS_BANS.labels(reason=reason).inc()
+        log.warning("address banned", extra={"addr": address_text(key), "reason": reason, "last": why or reason,
+                                             "ban_s": self.settings.ban_seconds})
+        for conn in [c for c in self.conns if c.addr_key == key]:
+            conn.close("banned")
+
+    def refused(self, reason: str, addr: str) -> None:
+        self.n_refused[reason] = self.n_refused.get(reason, 0) + 1
+        now = self.loop.time()
+        if reason == REFUSED_LIMIT and now >= self.refusal_log_at:
+            self.refusal_log_at = now + REFUSAL_LOG_EVERY_S
+            log.warning("connection rejected", extra={"addr": addr, "limit": self.limit.limit})
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("connection refused", extra={"addr": addr, "reason": reason})
 
     def push_metrics(self) -> None:
         rc = self.ring.counters
@@ -238,6 +322,17 @@ class Acceptor:
             m.EVENTS_DROPPED.labels(reason="too_large").inc(self.n_dropped_too_large)
             rc.add("events_dropped", self.n_dropped_too_large)
             self.n_dropped_too_large = 0
+        if self.n_throttles:
+            m.CONNECTION_THROTTLES.inc(self.n_throttles)
+            self.n_throttles = 0
+        if self.n_refused:
+            for reason, n in self.n_refused.items():
+                m.CONNECTIONS_REFUSED.labels(reason=reason).inc(n)
+                if reason == REFUSED_LIMIT:
+                    m.CONNECTIONS_REJECTED.inc(n)
+            rc.add("connections_rejected", sum(self.n_refused.values()))
+            self.n_refused = {}
+        m.ACCEPTOR_PENDING_BYTES.set(self.pending_bytes)
         if self.decode_errors:
             for kind, n in self.decode_errors.items():
                 m.DECODE_ERRORS.labels(kind=kind).inc(n)
@@ -252,8 +347,13 @@ class NodeConnection(asyncio.Protocol):
     def __init__(self, acc: Acceptor) -> None:
         self.acc = acc
         self.transport: asyncio.Transport | None = None
-        self.splitter = FrameSplitter(acc.settings.max_frame)
+        self.splitter = FrameSplitter(acc.settings.max_frame, acc.settings.max_node_info)
         self.admitted = False
+        self.addr_key = b""
+        self.opened = 0.0  # loop time of connection_made: the handshake deadline counts from it
+        self.tick_bytes = 0  # read since the last per-address accounting
+        self.throttle: asyncio.TimerHandle | None = None  # set while over TART_CONN_BYTE_RATE
+        self.saturated = False
         self.closing = False
         self.close_reason: str | None = None
         self.address = "?"
@@ -268,23 +368,28 @@ class NodeConnection(asyncio.Protocol):
         self.deferred: bytearray | None = None  # bytes read after a pause, decoded on resume
         rate = acc.settings.rate_limit
         self.bucket = TokenBucket(rate, acc.loop.time()) if rate > 0 else None
+        brate = acc.settings.conn_byte_rate
+        self.byte_bucket = TokenBucket(brate, acc.loop.time()) if brate > 0 else None
 
     # --- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         acc = self.acc
-        if not acc.limit.try_acquire():
-            m.CONNECTIONS_REJECTED.inc()
-            acc.ring.counters.add("connections_rejected")
-            log.warning("connection rejected", extra={"addr": format_address(transport.get_extra_info("peername")),
-                                                      "limit": acc.limit.limit})
+        peername = transport.get_extra_info("peername")
+        key = address_key(peername[0]) if isinstance(peername, tuple) and peername else b""
+        refused, banned_now = acc.limit.admit(key)
+        if refused is not None:
             self.closing = True
             transport.abort()
+            acc.refused(refused, format_address(peername))
+            if banned_now:
+                acc.banned(key, "abuse", refused)
             return
         self.admitted = True
-        self.address = format_address(transport.get_extra_info("peername"))
+        self.addr_key = key
+        self.address = format_address(peername)
         self.connected_at = _now_us()
-        self.last_read = acc.loop.time()
+        self.last_read = self.opened = acc.loop.time()
         _set_keepalive(transport)
         acc.conns.add(self)
         m.ACTIVE_CONNECTIONS.inc()
@@ -297,8 +402,17 @@ class NodeConnection(asyncio.Protocol):
         if self.closing:
             return
         acc = self.acc
-        acc.n_bytes += len(data)
-        self.last_read = acc.loop.time()
+        n = len(data)
+        acc.n_bytes += n
+        self.tick_bytes += n
+        self.last_read = now = acc.loop.time()
+        if self.byte_bucket is not None:
+            wait = self.byte_bucket.debit(n, now)
+            if wait > 0 and self.throttle is None and self.transport is not None:
+                # Over its byte rate: this read is kept, the next waits until the debt is paid.
+                acc.n_throttles += 1
+                self.transport.pause_reading()
+                self.throttle = acc.loop.call_later(wait, self._unthrottle)
         if acc.paused:
             # A read already in flight when reading paused: keep the bytes, decode on resume.
             if self.deferred is None:
@@ -320,14 +434,19 @@ class NodeConnection(asyncio.Protocol):
             data, self.deferred = bytes(self.deferred), None
             self._guarded(data)
         self.closing = True
+        if self.throttle is not None:
+            self.throttle.cancel()
+            self.throttle = None
         acc.conns.discard(self)
-        acc.limit.release()
+        acc.limit.release(self.addr_key)
         m.ACTIVE_CONNECTIONS.dec()
         reason = self.close_reason or ("eof" if exc is None else "reset")
         m.CONNECTIONS_CLOSED.labels(reason=reason).inc()
         if self.peer_id is not None:
-            acc.pending.append(pack_node_down(disconnected_at=_now_us(), conn_id=self.conn_id, peer_id=self.peer_id,
-                                              connected_at=self.connected_at, events=self.events))
+            rec = pack_node_down(disconnected_at=_now_us(), conn_id=self.conn_id, peer_id=self.peer_id,
+                                 connected_at=self.connected_at, events=self.events)
+            acc.pending.append(rec)
+            acc.pending_bytes += len(rec)
             acc.schedule_flush()
             acc.ring.counters.add("node_down")
             log.info("node disconnected", extra={"node_id": self.node_id, "addr": self.address, "reason": reason,
@@ -342,16 +461,33 @@ class NodeConnection(asyncio.Protocol):
         else:
             self.bucket.set_rate(rate, now)
 
+    def set_byte_rate(self, rate: int, now: float) -> None:
+        if rate <= 0:
+            self.byte_bucket = None
+        elif self.byte_bucket is None:
+            self.byte_bucket = TokenBucket(rate, now)
+        else:
+            self.byte_bucket.set_rate(rate, now)
+
     # --- flow control --------------------------------------------------------------------------
     def pause(self) -> None:
         if not self.closing and self.transport is not None:
             self.transport.pause_reading()
 
+    def _unthrottle(self) -> None:
+        self.throttle = None
+        if self.closing or self.transport is None:
+            return
+        self.last_read = self.acc.loop.time()  # the silence was ours
+        if not self.acc.paused:
+            self.transport.resume_reading()
+
     def resume(self, now: float) -> None:
         if self.closing or self.transport is None:
             return
         self.last_read = now
-        self.transport.resume_reading()
+        if self.throttle is None:
+            self.transport.resume_reading()
         if self.deferred:
             data, self.deferred = bytes(self.deferred), None
             self._guarded(data)
@@ -388,11 +524,15 @@ class NodeConnection(asyncio.Protocol):
             if frames:
                 self._events(frames)
         if splitter.oversize is not None:
+            first = splitter.oversize_first
             log.warning("frame oversize", extra={"node_id": self.node_id or "-", "addr": self.address,
-                                                 "length": splitter.oversize, "max_frame": splitter.max_frame})
-            m.FRAME_ERRORS.labels(kind="oversize").inc()
+                                                 "length": splitter.oversize, "node_info": first,
+                                                 "max": splitter.first_max if first else splitter.max_frame})
+            kind = "node_info_oversize" if first else "oversize"
+            m.FRAME_ERRORS.labels(kind=kind).inc()
             self.acc.ring.counters.add("frames_too_large")
-            self.close("oversize")
+            self.close(kind)
+            self.acc.strike(self.addr_key, kind)
 
     def _node_info(self, frame: bytes) -> bool:
         try:
@@ -402,6 +542,7 @@ class NodeConnection(asyncio.Protocol):
                                                 "bytes": len(frame)})
             m.FRAME_ERRORS.labels(kind="bad_node_info").inc()
             self.close("bad node info")
+            self.acc.strike(self.addr_key, "bad_node_info")
             return False
         acc = self.acc
         self.peer_id = bytes(info.peer_id)
@@ -415,8 +556,10 @@ class NodeConnection(asyncio.Protocol):
             "implementation_version": info.implementation_version,
             "gp_version": info.gp_version,
         }
-        acc.pending.append(pack_node_up(connected_at=self.connected_at, conn_id=self.conn_id, peer_id=self.peer_id,
-                                        info_json=orjson.dumps(doc)))
+        rec = pack_node_up(connected_at=self.connected_at, conn_id=self.conn_id, peer_id=self.peer_id,
+                           info_json=orjson.dumps(doc))
+        acc.pending.append(rec)
+        acc.pending_bytes += len(rec)
         acc.schedule_flush()
         acc.ring.counters.add("node_up")
         acc.nodes_total += 1
@@ -465,6 +608,8 @@ class NodeConnection(asyncio.Protocol):
                 rec = b"".join((_ev_pack(KIND_EVENT, FLAG_HAS_NUL if _NUL_ESCAPE in js else 0, et, len(js),
                                          next(ids), received_at, d.timestamp, eid, peer_id), js, frame[9:]))
                 eid += d.value["num"] if et == 0 else 1
+                if eid > EVENT_ID_MAX:
+                    eid = self._saturate()
             if len(rec) > max_rec:
                 # Only possible with a ring smaller than 4x TART_MAX_FRAME: a record the ring can never take.
                 acc.n_dropped_too_large += 1
@@ -485,10 +630,22 @@ class NodeConnection(asyncio.Protocol):
                     eid += _U64.unpack_from(frame, 17)[0]
                 else:
                     eid += 1
+                if eid > EVENT_ID_MAX:
+                    eid = self._saturate()
         self.next_event_id = eid
-        if len(pending) > PENDING_SOFT_CAP:
+        if stored:
+            acc.pending_bytes += sum(map(len, pending[before:]))
+        if len(pending) > PENDING_SOFT_CAP or acc.pending_bytes > acc.settings.acceptor_pending_bytes:
             acc.pause_all()
         acc.schedule_flush()
+
+    def _saturate(self) -> int:
+        """A Dropped count ran event_id past BIGINT: keep it at the maximum (later ids repeat it)."""
+        m.EVENT_ID_SATURATED.inc()
+        if not self.saturated:
+            self.saturated = True
+            log.warning("event_id saturated", extra={"node_id": self.node_id, "addr": self.address})
+        return EVENT_ID_MAX
 
 
 async def serve(index: int, listen_sock: socket.socket, ring: Any, settings: Settings,
@@ -532,6 +689,7 @@ async def _shutdown(acc: Acceptor, server: asyncio.AbstractServer) -> None:
         acc.flush_handle = None
     while acc.pending and loop.time() < deadline:
         written = acc.ring.write_many(acc.pending)
+        acc.pending_bytes -= sum(map(len, acc.pending[:written]))
         del acc.pending[:written]
         if acc.pending:
             acc.ring.heartbeat()
@@ -558,7 +716,9 @@ def run_acceptor(index: int, listen_sock: socket.socket, ring_name: str, setting
     from tart.engine.ring import Ring
 
     ring = Ring.attach(ring_name)
-    limit = ConnectionLimit(settings.data_path / "run" / "connections", index, settings.max_connections)
+    limit = ConnectionLimit(settings.data_path / "run" / "connections", index, settings.max_connections,
+                            per_address=settings.per_address_limit, ban_seconds=settings.ban_seconds,
+                            ban_strikes=settings.ban_strikes, addr_byte_rate=settings.addr_byte_rate)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()

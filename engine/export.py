@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import IO, Any
 import orjson
 import psycopg
 
+from tart import add_version_flag
 from tart.engine import config as config_mod
 from tart.engine import eventrows
 from tart.engine.db import connect
@@ -245,24 +247,82 @@ def _csv_list(values: list[str] | None) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tart-export",
-        description="Stream stored telemetry events as JSON lines or CSV (the REST envelope).")
+        description="Stream stored telemetry events as JSON lines, CSV (the REST envelope) or Parquet.",
+        epilog="Filters take the REST API's names: --event-type and --node-id (--type and --node are "
+               "the older spellings). A progress line goes to stderr when it is a terminal.")
+    add_version_flag(p)
     p.add_argument("--since", required=True, help="start, inclusive: RFC 3339 time, date, or unix seconds")
-    p.add_argument("--until", required=True, help="end, exclusive: RFC 3339 time, date, or unix seconds")
-    p.add_argument("--node", action="append", metavar="NODE_ID",
+    p.add_argument("--until", default=None,
+                   help="end, exclusive: RFC 3339 time, date, or unix seconds (default: now)")
+    p.add_argument("--node-id", "--node", dest="node", action="append", metavar="NODE_ID",
                    help="only this node (64 hex chars); repeat or comma-separate for several")
-    p.add_argument("--type", action="append", metavar="N",
-                   help="only this event type (number); repeat or comma-separate for several")
+    p.add_argument("--event-type", "--type", dest="type", action="append", metavar="TYPE",
+                   help="only this event type, a number or a name (BestBlockChanged); repeat or "
+                        "comma-separate for several")
     p.add_argument("--time-field", choices=sorted(TIME_FIELDS), default="timestamp",
                    help="which time --since/--until apply to: the event's own timestamp (default, as "
                         "the REST API) or received_at (arrival; matches the daily partitions)")
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl",
+                   help="jsonl (default), csv, or parquet (typed columns; needs the parquet extra, pyarrow)")
     p.add_argument("--raw", action="store_true", help="add the stored wire bytes (0x-hex) where kept")
     p.add_argument("--database-url", help="PostgreSQL DSN (default: DATABASE_URL, else the embedded cluster)")
     p.add_argument("--output", "-o", metavar="FILE",
-                   help="write here instead of stdout (gzip-compressed if FILE ends in .gz); written "
-                        "to FILE.part and renamed when complete")
+                   help="write here instead of stdout (gzip-compressed if FILE ends in .gz, except for "
+                        "parquet, which compresses itself); written to FILE.part and renamed when complete")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--itersize", type=int, default=DEFAULT_ITERSIZE, help=argparse.SUPPRESS)
     return p
+
+
+def _event_type(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    from tart.engine.codec import EventType
+
+    try:
+        return int(EventType[text])
+    except KeyError:
+        raise ValueError(f"unknown event type {text!r} (a number, or a name such as BestBlockChanged)") from None
+
+
+class _Progress:
+    """Counts what goes to ``out`` and rewrites one stderr line at most every half second."""
+
+    def __init__(self, out: IO[bytes], enabled: bool) -> None:
+        self.out = out
+        self.enabled = enabled
+        self.bytes = 0
+        self.events: int | None = None
+        self.t0 = self.last = time.monotonic()
+
+    def write(self, data: bytes) -> int:
+        n = self.out.write(data)
+        self.bytes += len(data)
+        self.tick()
+        return n
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.out, name)
+
+    def rows(self, count: int) -> None:
+        self.events = count
+        self.tick()
+
+    def line(self) -> str:
+        dt = max(time.monotonic() - self.t0, 1e-9)
+        what = f"{self.events:,} events, " if self.events is not None else ""
+        return f"tart-export: {what}{self.bytes / 2**20:,.1f} MiB ({self.bytes / 2**20 / dt:,.1f} MiB/s)"
+
+    def tick(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.enabled and (final or now - self.last >= 0.5):
+            self.last = now
+            sys.stderr.write("\r" + self.line() + "\x1b[K" + ("\n" if final else ""))
+            sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,9 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         filters = Filters(
             since_us=parse_time(args.since),
-            until_us=parse_time(args.until),
+            until_us=parse_time(args.until) if args.until is not None else time.time_ns() // 1000,
             node_ids=tuple(n.lower() for n in _csv_list(args.node)),
-            event_types=tuple(int(t) for t in _csv_list(args.type)),
+            event_types=tuple(_event_type(t) for t in _csv_list(args.type)),
             time_field=args.time_field,
         )
     except ValueError as e:
@@ -281,6 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.itersize <= 0:
         print("tart-export: --itersize must be > 0", file=sys.stderr)
         return 2
+    if args.format == "parquet":
+        from tart.engine import export_parquet
+
+        try:
+            export_parquet.schema()
+        except export_parquet.ParquetUnavailable as e:
+            print(f"tart-export: {e}", file=sys.stderr)
+            return 2
+        if not args.output and sys.stdout.isatty():
+            print("tart-export: Parquet is binary: pass --output FILE or redirect stdout", file=sys.stderr)
+            return 2
     # Behave like other Unix filters in a pipeline (`tart-export ... | head`): die quietly on EPIPE.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
@@ -297,20 +368,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _write(conn: psycopg.Connection, out: IO[bytes], args: argparse.Namespace, filters: Filters,
+           flush: bool) -> int:
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    counted = _Progress(out, show)
+    if args.format == "parquet":
+        from tart.engine.export_parquet import write_parquet
+
+        count = write_parquet(iter_batches(conn, filters, raw=args.raw, itersize=args.itersize), counted,
+                              raw=args.raw, progress=counted.rows)
+    else:
+        count = write_events(conn, counted, args.format, filters, raw=args.raw, itersize=args.itersize,  # type: ignore[arg-type]
+                             flush=flush)
+    counted.events = count
+    counted.tick(final=True)
+    return count
+
+
 def _run(dsn: str, args: argparse.Namespace, filters: Filters) -> int:
     with connect(dsn, application_name="tart-export") as conn:
         # A consistent snapshot, and nothing this session could write by mistake.
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         if not args.output:
-            return write_events(conn, sys.stdout.buffer, args.format, filters, raw=args.raw,
-                                itersize=args.itersize)
+            return _write(conn, sys.stdout.buffer, args, filters, flush=True)
         final = Path(args.output)
         part = final.with_name(final.name + ".part")
-        gz = final.name.endswith(".gz")
+        gz = final.name.endswith(".gz") and args.format != "parquet"
         try:
             with (gzip.open(part, "wb") if gz else open(part, "wb")) as out:
-                count = write_events(conn, out, args.format, filters, raw=args.raw, itersize=args.itersize,
-                                     flush=not gz)
+                count = _write(conn, out, args, filters, flush=not gz)
             os.replace(part, final)
         except BaseException:
             with contextlib.suppress(OSError):

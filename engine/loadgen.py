@@ -27,11 +27,13 @@ import random
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from tart import add_version_flag
 from tart.engine.codec import JCE_EPOCH_UNIX_US, NodeInfo, encode_event, encode_node_info, event_schema
 from tart.engine.codec.nodeinfo import PARAMS_GP07
 from tart.engine.codec.types import (
@@ -52,6 +54,7 @@ from tart.engine.codec.types import (
 
 TICK_S = 0.01
 MAX_TICK_S = 0.1
+PROGRESS_S = 1.0  # how often the terminal progress line is rewritten
 FRAMES_PER_WRITE = 8  # target when pacing: fewer, larger writes
 CYCLE_EVENTS = 1024
 TEMPLATES_PER_CORE_COUNT = 4
@@ -294,6 +297,7 @@ class _NodeProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.node.paused = True
+        self.node.pauses += 1
 
     def resume_writing(self) -> None:
         self.node.paused = False
@@ -318,6 +322,7 @@ class Node:
     max_events: int
     transport: asyncio.Transport | None = None
     paused: bool = False
+    pauses: int = 0  # times the socket's buffer filled (tart not reading: backpressure)
     open: bool = False
     connected: bool = False
     stopping: bool = False
@@ -407,12 +412,15 @@ async def run_loadgen(
     core_count: int | None = None,
     max_events: int = 0,
     flush_timeout: float = 30.0,
+    progress: Callable[[dict[str, float]], None] | None = None,
 ) -> dict:
     """Run `nodes` nodes against `target` for `duration` seconds; return the report dict.
 
     rate: events/s per node (0 = as fast as the sockets take them). max_events: stop each node
     after this many events (0 = no limit; the run still ends after `duration`).
     core_count: C for every node (None: alternate 2 and 341 so both Status sizes appear).
+    progress: called about once a second while sending with ``sent``, ``sent_per_s``,
+    ``connections`` (open now), ``nodes``, ``paused`` (sockets tart is not draining now) and ``pauses``.
     """
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -451,6 +459,25 @@ async def run_loadgen(
     end = t0 + duration
 
     done = asyncio.Event()
+
+    if progress is not None:
+        last = [t0, 0]
+
+        def report_progress() -> None:
+            if done.is_set():
+                return
+            now = loop.time()
+            sent = sum(n.sent for n in node_list)
+            dt = now - last[0]
+            progress({
+                "sent": sent, "sent_per_s": (sent - last[1]) / dt if dt > 0 else 0.0,
+                "connections": sum(1 for n in node_list if n.open), "nodes": len(node_list),
+                "paused": sum(1 for n in node_list if n.paused), "pauses": sum(n.pauses for n in node_list),
+            })
+            last[:] = [now, sent]
+            loop.call_later(PROGRESS_S, report_progress)
+
+        loop.call_later(PROGRESS_S, report_progress)
 
     def finished(node: Node) -> bool:
         return not node.open or (node.max_events and node.sent >= node.max_events)
@@ -550,23 +577,62 @@ async def run_loadgen(
 
 def _parse_target(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 1-65535, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="tart-loadgen", description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", type=_parse_target, required=True, help="HOST:PORT of tart's telemetry port")
-    p.add_argument("--nodes", type=int, default=10, help="concurrent node connections")
-    p.add_argument("--rate", type=float, default=100.0, help="events/s per node; 0 = as fast as possible")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
-    p.add_argument("--seed", type=int, default=0)
+def _number(kind: type, low: float, low_ok: bool = True, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float) >= low (> low if not low_ok), <= high."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if v < low or (v == low and not low_ok) or (high is not None and v > high):
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return v
+    return parse
+
+
+def format_progress(p: dict[str, float]) -> str:
+    """The one-line progress shown on a terminal."""
+    return (f"sent {int(p['sent']):,} ({p['sent_per_s']:,.0f}/s)  connections {int(p['connections'])}/"
+            f"{int(p['nodes'])}  backpressure: {int(p['paused'])} paused now, {int(p['pauses'])} pauses")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tart-loadgen", description=__doc__.split("\n\n")[0].replace("`", ""),
+                                epilog="Prints a JSON report on stdout at the end; a live progress line on "
+                                       "stderr when it is a terminal.")
+    add_version_flag(p)
+    p.add_argument("--target", type=_parse_target, default=("127.0.0.1", 9000), metavar="HOST:PORT",
+                   help="tart's telemetry port (default: 127.0.0.1:9000)")
+    p.add_argument("--nodes", metavar="N", type=_number(int, 1, high=100_000), default=10,
+                   help="concurrent node connections, 1 to 100000 (default: 10)")
+    p.add_argument("--rate", metavar="EVENTS_PER_S", type=_number(float, 0), default=100.0,
+                   help="events/s per node; 0 = as fast as the sockets take them (default: 100)")
+    p.add_argument("--duration", metavar="SECONDS", type=_number(float, 0, low_ok=False), default=10.0,
+                   help="seconds of sending (default: 10)")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seed for node identities and event contents (default: 0)")
     p.add_argument("--mix", choices=MIXES, default="default",
                    help="default: weighted realistic mix; status: Status only; all: every event family each cycle")
-    p.add_argument("--connect-timeout", type=float, default=10.0)
-    p.add_argument("--core-count", type=int, default=None, help="C for every node (default: alternate 2 and 341)")
-    p.add_argument("--max-events", type=int, default=0, help="stop each node after this many events")
+    p.add_argument("--connect-timeout", metavar="SECONDS", type=_number(float, 0, low_ok=False), default=10.0,
+                   help="seconds to wait for each connection (default: 10)")
+    p.add_argument("--core-count", metavar="C", type=_number(int, 1, high=1023), default=None,
+                   help="C (cores) for every node, 1 to 1023 (default: alternate 2 and 341)")
+    p.add_argument("--max-events", metavar="N", type=_number(int, 0), default=0,
+                   help="stop each node after this many events; 0 = no limit (default: 0)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="live progress line on stderr (default: when stderr is a terminal)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = _parser()
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -574,10 +640,20 @@ def main(argv: list[str] | None = None) -> None:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+
+    def progress(state: dict[str, float]) -> None:
+        # \r and erase-to-end: one line rewritten in place.
+        sys.stderr.write("\r" + format_progress(state) + "\x1b[K")
+        sys.stderr.flush()
+
     with runner:
         report = runner.run(run_loadgen(args.target, args.nodes, args.rate, args.duration, seed=args.seed,
                                         mix=args.mix, connect_timeout=args.connect_timeout,
-                                        core_count=args.core_count, max_events=args.max_events))
+                                        core_count=args.core_count, max_events=args.max_events,
+                                        progress=progress if show else None))
+    if show:
+        sys.stderr.write("\n")
     sys.stdout.write(orjson.dumps(report).decode() + "\n")
     sys.stdout.flush()
     # Connections that tart closed are reported (closed_early, errors), not a failure of the run;

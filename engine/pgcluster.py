@@ -193,7 +193,7 @@ class EmbeddedCluster:
             self._check_version()
             self._write_conf(sock)
             if self._server_running():
-                self.log.info("reusing the PostgreSQL already running on %s", self.pgdata)
+                self.log.info("reusing the PostgreSQL already running", extra={"pgdata": str(self.pgdata)})
             else:
                 self._clear_stale_locks(sock)
                 self._pg_ctl_start()
@@ -212,9 +212,9 @@ class EmbeddedCluster:
                 return
             r = self._pg_ctl("stop", "-m", "fast", "-t", "60", check=False)
             if r.returncode != 0 and self._server_running():
-                self.log.warning("fast shutdown failed (%s); trying immediate", r.stderr.strip())
+                self.log.warning("fast shutdown failed; trying immediate", extra={"error": r.stderr.strip()})
                 self._pg_ctl("stop", "-m", "immediate", "-t", "30", check=False)
-            self.log.info("PostgreSQL on %s stopped", self.pgdata)
+            self.log.info("PostgreSQL stopped", extra={"pgdata": str(self.pgdata)})
 
     def running(self) -> bool:
         if not (self.pgdata / "PG_VERSION").is_file():
@@ -349,7 +349,7 @@ class EmbeddedCluster:
         if tmp.exists():
             shutil.rmtree(tmp)
         self._owned_dir(tmp, user)
-        self.log.info("creating PostgreSQL cluster in %s (user %s)", self.pgdata, user.pw_name)
+        self.log.info("creating PostgreSQL cluster", extra={"pgdata": str(self.pgdata), "user": user.pw_name})
         assert self._bin is not None
         self._run([str(self._bin / "initdb"), "-D", str(tmp), "-U", user.pw_name,
                    "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--locale=C",
@@ -389,7 +389,7 @@ class EmbeddedCluster:
         for lockfile in (self.pgdata / "postmaster.pid", sock / f"{SOCKET_NAME}.lock"):
             pid = _pid_from_lockfile(lockfile)
             if lockfile.exists() and (pid is None or not _is_postmaster_of(pid, self.pgdata)):
-                self.log.warning("removing stale lock file %s (pid %s)", lockfile, pid)
+                self.log.warning("removing stale lock file", extra={"path": str(lockfile), "pid": pid})
                 with contextlib.suppress(FileNotFoundError):
                     lockfile.unlink()
 
@@ -429,7 +429,7 @@ class EmbeddedCluster:
         startup_log = self.pgdata / "log" / "startup.log"
         if not startup_log.parent.exists():
             self._run(["mkdir", "-p", str(startup_log.parent)])
-        self.log.info("starting PostgreSQL on %s", self.pgdata)
+        self.log.info("starting PostgreSQL", extra={"pgdata": str(self.pgdata)})
         r = self._pg_ctl("start", "-t", "120", "-l", str(startup_log), check=False)
         if r.returncode != 0:
             # Once the logging collector is up, the reason lands in its file, not in startup.log.

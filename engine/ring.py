@@ -625,11 +625,15 @@ class GateReader:
         if self._pos >= end or max_records <= 0:
             return []
         out, pos, first, last, bad = _copy_records(ring, self._pos, end, max_records, max_bytes)
-        if bad or (out and (first != self._seq or last - first + 1 != len(out))):
+        if out and (first != self._seq or last - first + 1 != len(out)):
             raise RuntimeError(
-                f"ring {ring.name!r}: bad record at position {pos} (seq {first}..{last} for "
+                f"ring {ring.name!r}: bad record sequence before position {pos} (seq {first}..{last} for "
                 f"{len(out)} records, expected {self._seq})"
             )
+        # The good records before a bad header are returned; the next read raises at the bad
+        # one (where ``resync`` can take over).
+        if bad and not out:
+            raise RuntimeError(f"ring {ring.name!r}: bad record header at position {pos} (seq {self._seq} expected)")
         if out:
             self._seq = last + 1
         self._pos = pos
@@ -647,6 +651,42 @@ class GateReader:
         seq = self._seq if position == self._pos else ring._stable_seq_at(position)
         hq[_H_GATE_SEQ] = seq
         hq[_H_GATE] = position
+
+    def resync(self) -> tuple[int, int]:
+        """After ``read`` raised on an impossible header (a corrupt record: a bug or a stray
+        write, never a torn one), continue at the next header that is plausible and chains to
+        the one after it, or at write_pos. Returns (bytes, records) skipped; nothing is committed
+        here, so the writer's next commit releases the bad stretch with its batch."""
+        ring = self._ring
+        data, cap, maxp = ring._data, ring.capacity, ring.max_payload
+        end, wseq = ring._hq[_H_WPOS], ring._hq[_H_WSEQ]
+        start, start_seq = self._pos, self._seq
+
+        def header(pos: int, seq_lo: int) -> int | None:
+            """The seq of a plausible header at ``pos`` with seq in [seq_lo, wseq), else None."""
+            off = pos % cap
+            if off > cap - REC_HEADER_SIZE:
+                return None
+            n, zero, seq = REC_HEADER.unpack_from(data, off)
+            if n > maxp or zero or not seq_lo <= seq < wseq or off + _framed(n) > cap:
+                return None
+            return seq
+
+        pos, seq = end, wseq
+        p = start + 8
+        while p < end:
+            off = p % cap
+            got = header(p, start_seq + 1)
+            if got is not None:
+                nxt = p + _framed(REC_HEADER.unpack_from(data, off)[0])
+                noff = nxt % cap
+                wraps = noff > cap - REC_HEADER_SIZE or _WRAP_MARK.unpack_from(data, noff)[0] == WRAP
+                if nxt >= end or wraps or header(nxt, got + 1) == got + 1:
+                    pos, seq = p, got
+                    break
+            p += 8
+        self._pos, self._seq = pos, seq
+        return pos - start, seq - start_seq
 
     def seek(self, position: int) -> None:
         """Continue from ``position``: a record boundary in [gate_pos, write_pos] (writer restart)."""

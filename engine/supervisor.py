@@ -1,9 +1,9 @@
 """`tart-backend`: the supervisor (arbiter) of every tart process.
 
 Modelled on gunicorn's arbiter: the parent does no request work; it prepares what the children
-share (database, rings, listening socket), forks them, and then only reacts to signals and child
-deaths. Children: N acceptors and TART_WRITERS writers (forked, so they inherit the listening socket and the
-imported code), and the web tier (gunicorn, exec'd, since it runs its own arbiter).
+share (database, rings, one SO_REUSEPORT listening socket per acceptor, kept across acceptor
+restarts), forks them, and then only reacts to signals and child deaths. Children: N acceptors and
+TART_WRITERS writers (forked, so each acceptor inherits its own listening socket and the imported code), and the web tier (gunicorn, exec'd, since it runs its own arbiter).
 
 Shutdown order matters for "nothing accepted is lost": acceptors stop first (they flush what
 they decoded into their rings), then the writer drains every ring into PostgreSQL, then the web
@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import random
+import secrets
 import select
 import shutil
 import signal
@@ -28,8 +29,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tart import add_version_flag
 from tart.engine import config as config_mod
 from tart.engine import logs
+from tart.engine import reload as reload_mod
 
 log = logging.getLogger("tart.supervisor")
 
@@ -45,6 +48,8 @@ class Child:
     started_at: float = 0.0
     restarts: int = 0
     next_start: float = 0.0  # backoff: earliest time it may be started again
+    started_wall: float = 0.0  # unix time of the last start, for the heartbeat check
+    killed_hung: bool = False
     stopping: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -92,16 +97,97 @@ def writer_rings(ring_names: list[str], writers: int, index: int) -> list[str]:
     return ring_names[index::writers]
 
 
-def _remove_stale_rings() -> None:
-    """Rings of a supervisor that died without cleaning up (named tart<pid>r<i>) are removed."""
-    from tart.engine.ring import Ring
+def set_title(title: str) -> None:
+    """What ps shows for this process (`tart: acceptor 0`); a no-op without setproctitle."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
 
-    for path in Path("/dev/shm").glob("tart*r*"):
+
+def _stale_rings() -> list[str]:
+    """Rings of a supervisor that died without cleaning up (named tart<pid>r<i>...). Only our own
+    user's: /dev/shm is shared by every local user, who may use the same names."""
+    uid = os.getuid()
+    out = []
+    for path in sorted(Path("/dev/shm").glob("tart*r*")):
         pid_text = path.name[4:].split("r", 1)[0]
         if not pid_text.isdigit() or Path(f"/proc/{pid_text}").exists():
             continue
-        if Ring.remove(path.name):
-            log.info("removed stale ring", extra={"ring": path.name})
+        try:
+            if path.stat().st_uid == uid:
+                out.append(path.name)
+        except OSError:
+            continue
+    return out
+
+
+def _drain_and_remove_stale_rings(dsn: str, settings: config_mod.Settings) -> None:
+    """What a killed run's acceptors had accepted but its writers not yet committed is still in
+    its rings: store it (exactly once: the rings' cursors are in ring_cursors), then remove them.
+    A ring that cannot be attached or drained is left in place and reported, never unlinked
+    with events in it."""
+    from tart.engine.ring import Ring
+    from tart.engine.writer import drain_rings
+
+    names = _stale_rings()
+    attachable = []
+    for name in names:
+        try:
+            Ring.attach(name).close()
+            attachable.append(name)
+        except (OSError, ValueError) as e:
+            log.warning("stale ring unreadable, left in place", extra={"ring": name, "error": str(e)})
+    if attachable:
+        stored = drain_rings(attachable, dsn, settings)
+        log.info("drained a previous run's rings", extra={"rings": ",".join(attachable), "bytes": stored})
+    for name in attachable:
+        try:
+            if Ring.remove(name):
+                log.info("removed stale ring", extra={"ring": name})
+        except OSError as e:
+            log.debug("stale ring not removed", extra={"ring": name, "error": str(e)})
+
+
+def create_rings(tag: str, count: int, capacity: int) -> tuple[list, list[str]]:
+    """One ring per acceptor, named `<tag>r<i>`; a name that already exists in /dev/shm (another
+    user's segment, or a reused pid's leftover we may not remove) gets a random suffix instead."""
+    from tart.engine.ring import Ring
+
+    rings, names = [], []
+    for i in range(count):
+        name = f"{tag}r{i}"
+        for _attempt in range(8):
+            try:
+                rings.append(Ring.create(name, capacity, i))
+                break
+            except FileExistsError:
+                taken, name = name, f"{tag}r{i}x{secrets.token_hex(4)}"
+                log.warning("ring name taken, using another", extra={"taken": taken, "ring": name})
+        else:
+            raise RuntimeError(f"no free ring name for acceptor {i} in /dev/shm")
+        names.append(name)
+    return rings, names
+
+
+def child_heartbeat(child: Child, rings: list, health_path: Path) -> float:
+    """Unix time of `child`'s last heartbeat, or 0.0 if it has written none (yet): acceptors in
+    their ring's header, the writer in writer.health (which names its pid: a predecessor's
+    file says nothing about this incarnation)."""
+    if child.role == "acceptor":
+        ring = rings[child.index]
+        return ring.heartbeat_at if ring.producer_pid == child.pid else 0.0
+    if child.role == "writer":
+        try:
+            st = health_path.stat()
+            import orjson
+
+            doc = orjson.loads(health_path.read_bytes())
+        except (OSError, ValueError):
+            return 0.0
+        return st.st_mtime if isinstance(doc, dict) and doc.get("pid") == child.pid else 0.0
+    return 0.0
 
 
 def _listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -184,14 +270,8 @@ class Supervisor:
                 log.info("rollups recovered", extra={"events": recovered})
         log.info("database ready", extra={"embedded": self.cluster is not None, "migrations_applied": len(applied)})
 
-        from tart.engine.ring import Ring
-
-        _remove_stale_rings()
-        tag = f"tart{os.getpid()}"
-        for i in range(s.acceptor_count):
-            name = f"{tag}r{i}"
-            self.rings.append(Ring.create(name, s.ring_bytes, i))
-            self.ring_names.append(name)
+        _drain_and_remove_stale_rings(self.dsn, s)
+        self.rings, self.ring_names = create_rings(f"tart{os.getpid()}", s.acceptor_count, s.ring_bytes)
 
         host, port = s.telemetry_bind
         self.listen_socks = _listen_sockets(host, port, s.acceptor_count)
@@ -217,6 +297,8 @@ class Supervisor:
     # --- children -----------------------------------------------------------------------
     def spawn(self, child: Child) -> None:
         child.started_at = time.monotonic()
+        child.started_wall = time.time()
+        child.killed_hung = False
         child.stopping = False
         if child.role == "web":
             self._spawn_web(child)
@@ -236,6 +318,7 @@ class Supervisor:
             # Until the role installs its reload handler, a SIGHUP must not kill the child.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             logs.setup(child.name, self.settings.log_level)
+            set_title(f"tart: {child.role} {child.index}")
             if child.role == "acceptor":
                 from tart.engine.acceptor import run_acceptor
 
@@ -280,6 +363,7 @@ class Supervisor:
             "-w", str(s.web_workers),
             "-b", bind,
             "--config", "python:tart.web.gunicorn_conf",
+            "--name", "tart: web",  # ps: "gunicorn: master [tart: web]"
             "tart.web.asgi:app",
         ]
         child.popen = subprocess.Popen(cmd, env=env, pass_fds=())
@@ -325,6 +409,36 @@ class Supervisor:
         except Exception:  # metrics must never stop supervision
             pass
 
+    def check_heartbeats(self) -> None:
+        """Kill a child whose heartbeat is older than TART_HEARTBEAT_TIMEOUT (gunicorn's
+        murder_workers): a hung acceptor holds its nodes and its ring, a hung writer all
+        ingest. Its death is then handled like any other: restarted with backoff."""
+        timeout = self.settings.heartbeat_timeout
+        now = time.time()
+        from tart.engine.writer.health import health_file_name
+
+        for child in self.children:
+            if not child.pid or child.stopping or child.killed_hung or child.role == "web":
+                continue
+            try:
+                health = self.settings.data_path / health_file_name(child.index)
+                beat = child_heartbeat(child, self.rings, health)
+            except Exception:  # a bad health file must never stop supervision
+                continue
+            silent = now - max(beat, child.started_wall)
+            if silent <= timeout:
+                continue
+            child.killed_hung = True
+            log.error("hung, killing", extra={"child": child.name, "pid": child.pid, "silent_s": round(silent, 1),
+                                              "heartbeat_timeout_s": timeout})
+            try:
+                from tart.engine.metrics import PROCESS_HUNG
+
+                PROCESS_HUNG.labels(child.role).inc()
+            except Exception:
+                pass
+            self._signal(child, signal.SIGKILL)
+
     def _mark_dead_metrics_pid(self) -> None:
         try:
             from prometheus_client import multiprocess
@@ -359,6 +473,7 @@ class Supervisor:
                 elif sig == signal.SIGHUP:
                     self.reload()
             self.reap()
+            self.check_heartbeats()
             self.start_due_children()
             if not self.ready_sent:
                 self._check_ready()
@@ -394,27 +509,23 @@ class Supervisor:
         sd_notify(f"READY=1\nSTATUS=tart ready: {self.settings.acceptor_count} acceptors\nMAINPID={os.getpid()}")
 
     def reload(self) -> None:
+        # What is live, restart-only or web-only comes from the option table (engine/config.py).
         try:
-            new = config_mod.load()
+            got = reload_mod.reread_all(self.settings)
         except config_mod.ConfigError as e:
             log.error("reload rejected: invalid configuration", extra={"error": str(e)})
             return
-        fixed = ("database_url", "data_dir", "telemetry_bind", "api_bind", "acceptors", "ring_bytes")
-        changed_fixed = [f for f in fixed if getattr(new, f) != getattr(self.settings, f)]
-        if changed_fixed:
+        if got.needs_restart:
             log.warning("reload: these options need a restart and were not applied",
-                        extra={"options": ",".join(changed_fixed)})
-            for f in changed_fixed:
-                object.__setattr__(new, f, getattr(self.settings, f))
-        changed = [k for k in vars(new) if k != "sources" and getattr(new, k) != getattr(self.settings, k)]
-        self.settings = new
-        logs.setup("supervisor", new.log_level)
+                        extra={"options": ",".join(got.needs_restart)})
+        self.settings = got.settings
+        logs.setup("supervisor", got.settings.log_level)
         sd_notify("RELOADING=1")
-        # Acceptors and the writer re-read configuration on SIGHUP; gunicorn reloads its workers.
+        # Acceptors and the writer re-read configuration on SIGHUP; gunicorn replaces its workers.
         for child in self.children:
             if child.pid:
                 self._signal(child, signal.SIGHUP)
-        log.info("configuration reloaded", extra={"changed": ",".join(changed) or "nothing"})
+        log.info("configuration reloaded", extra={"changed": ",".join(got.applied) or "nothing"})
         sd_notify("READY=1")
 
     def _signal(self, child: Child, sig: int) -> None:
@@ -466,7 +577,13 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tart-backend", description=__doc__.splitlines()[0])
+    # Plain text here: the module docstring's first line carries reST markup for readers of the code.
+    parser = argparse.ArgumentParser(
+        prog="tart-backend",
+        description="Run tart: the supervisor, N acceptors, the writer and the web tier.",
+        epilog="Configuration comes from the environment and the TART_CONFIG file (conf/tart.env lists every "
+               "option); SIGHUP reloads it, SIGTERM stops tart after draining every accepted event.")
+    add_version_flag(parser)
     parser.add_argument("--check-config", action="store_true", help="validate configuration and exit")
     parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     args = parser.parse_args(argv)
@@ -484,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name} = {value!r}  ({settings.sources.get(name)})")
         return 0
     logs.setup("supervisor", settings.log_level)
+    set_title("tart: supervisor")
     if settings.acceptor_count > 64:
         print("tart-backend: TART_ACCEPTORS must be <= 64", file=sys.stderr)
         return 2

@@ -24,12 +24,13 @@ if [ ! -x .venv/bin/python ]; then
         "$PY" -m venv .venv
     fi
 fi
-# Installing is a no-op when nothing changed; pyproject.toml is the single source of dependencies.
+# Installing is a no-op when nothing changed; pyproject.toml is the single source of dependencies,
+# constraints.txt pins the versions known to work (scripts/refresh-constraints.sh updates it).
 stamp=.venv/.tart-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     echo "bootstrap: installing tart and its dependencies into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    if ! .venv/bin/python -m pip install -q -e '.[test]' > .venv/pip-install.log 2>&1; then
+    if ! .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' > .venv/pip-install.log 2>&1; then
         cat .venv/pip-install.log >&2
         echo "bootstrap: pip install failed (log above, also in .venv/pip-install.log)" >&2
         exit 1

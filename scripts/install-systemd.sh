@@ -79,8 +79,9 @@ fi
 # Build from a copy: setuptools leaves build/ and *.egg-info in whatever tree it builds in.
 src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT
-(cd "$REPO" && tar --exclude=__pycache__ -cf - pyproject.toml README.md tart engine web dash sql) | tar -xf - -C "$src"
-"$dest/venv/bin/python" -m pip install -q --upgrade "$src"
+(cd "$REPO" && tar --exclude=__pycache__ -cf - pyproject.toml README.md constraints.txt tart engine web dash sql) | tar -xf - -C "$src"
+# The server and the console (an operator on the host runs tart-dash), at the tested versions.
+"$dest/venv/bin/python" -m pip install -q --upgrade -c "$src/constraints.txt" "${src}[server,console]"
 "$dest/venv/bin/python" -m pip install -q --force-reinstall --no-deps "$src"
 "$dest/venv/bin/tart-backend" --help >/dev/null
 mkdir -p "$dest/docs" "$dest/libexec"

@@ -19,6 +19,8 @@ ALTER TABLE events RENAME TO events_legacy;
 --                   block ranges (tart.web.store pages newest-first through growing windows)
 --   BRIN (timestamp) since/until on the event's own time
 -- There is no btree on id alone: it would cost ~30 B per row for what BRIN windows do.
+-- COPY leaves new block ranges unsummarized (a BRIN scan then reads them all): the writer
+-- summarizes them every second (tart.engine.writer.rollups), autosummarize is the fallback.
 CREATE TABLE event_rows (
     id           BIGINT NOT NULL,          -- tart's unique 64-bit id (also the WebSocket id)
     event_id     BIGINT NOT NULL,          -- JIP-3 event id (0-based, Dropped-aware)
@@ -33,17 +35,17 @@ CREATE TABLE event_rows (
 
 CREATE INDEX event_rows_node ON event_rows (node_key, id);
 CREATE INDEX event_rows_type ON event_rows (event_type, id);
-CREATE INDEX event_rows_id_brin ON event_rows USING brin (id) WITH (pages_per_range = 16);
+CREATE INDEX event_rows_id_brin ON event_rows USING brin (id) WITH (pages_per_range = 16, autosummarize = on);
 -- A node with a wrong clock must not widen every block range of the time index: minmax-multi
 -- (PostgreSQL 14+) keeps a few outliers per range apart instead of stretching its one interval.
 DO $$
 BEGIN
     IF current_setting('server_version_num')::int >= 140000 THEN
         EXECUTE 'CREATE INDEX event_rows_ts_brin ON event_rows USING brin'
-                ' (timestamp timestamptz_minmax_multi_ops) WITH (pages_per_range = 16)';
+                ' (timestamp timestamptz_minmax_multi_ops) WITH (pages_per_range = 16, autosummarize = on)';
     ELSE
         EXECUTE 'CREATE INDEX event_rows_ts_brin ON event_rows USING brin (timestamp)'
-                ' WITH (pages_per_range = 16)';
+                ' WITH (pages_per_range = 16, autosummarize = on)';
     END IF;
 END $$;
 

@@ -169,12 +169,16 @@ class TartProcess:
 
     def _forked_roles(self) -> dict[str, list[int]]:
         # Forked children keep the supervisor's argv; their role is in the log lines they write
-        # ("acceptor-0[pid]"), and the supervisor logs "started child=... pid=...".
+        # (proc=acceptor-0[pid]), and the supervisor logs msg=started child=... pid=... (logfmt).
+        from tart.engine.logs import parse_logfmt
+
         roles: dict[str, list[int]] = {"acceptor": [], "writer": []}
         latest: dict[str, int] = {}
         for line in self.log_path.read_text(errors="replace").splitlines():
-            if " started " in f" {line} " and "child=" in line and "pid=" in line:
-                fields = dict(p.split("=", 1) for p in line.split() if "=" in p)
+            if "msg=started" not in line:
+                continue
+            fields = parse_logfmt(line)
+            if fields.get("msg") == "started" and "child" in fields and "pid" in fields:
                 latest[fields["child"]] = int(fields["pid"])
         for name, pid in latest.items():
             role = name.split("-")[0]

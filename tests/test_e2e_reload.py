@@ -111,8 +111,8 @@ def test_sighup_lifts_rate_limit_on_open_connection_without_restart(tmp_path, fr
             os.kill(tart.proc.pid, signal.SIGHUP)
             lines = wait_log(tart, "configuration reloaded", 4)  # supervisor, 2 acceptors, writer
             mark = node.sent  # every acceptor and the writer have applied it by now
-            acceptor_lines = [ln for ln in lines if " acceptor-" in ln]
-            writer_lines = [ln for ln in lines if " writer-" in ln]
+            acceptor_lines = [ln for ln in lines if " proc=acceptor-" in ln]
+            writer_lines = [ln for ln in lines if " proc=writer-" in ln]
             assert len(acceptor_lines) == 2 and len(writer_lines) == 1
             for ln in acceptor_lines:
                 assert "rate_limit=50->0" in ln and "idle_timeout=120->300" in ln

@@ -67,7 +67,7 @@ def test_reference_alerts_are_all_there() -> None:
                  "WriterLagHigh", "DecodeErrorRateHigh"):
         assert f"alert: {name}\n" in text
     # The reference's DatabaseWriteSlow compared a histogram to 100 (ms); ours is in seconds.
-    assert ("histogram_quantile(0.99, sum by (instance, le) (rate(telemetry_batch_write_duration_bucket[5m])))"
+    assert ("histogram_quantile(0.99, sum by (instance, le) (rate(telemetry_batch_write_duration_seconds_bucket[5m])))"
             " > 0.1") in text
 
 
@@ -90,7 +90,7 @@ def test_dashboard_is_well_formed() -> None:
     for needle in ("telemetry_active_connections", "telemetry_events_received_total",
                    "telemetry_events_written_total", "telemetry_events_dropped_total",
                    "telemetry_events_rate_limited_total", "telemetry_decode_errors_total",
-                   "telemetry_batch_write_duration_bucket", "telemetry_writer_lag_seconds",
+                   "telemetry_batch_write_duration_seconds_bucket", "telemetry_writer_lag_seconds",
                    "telemetry_buffer_pending", "telemetry_broadcaster_subscribers",
                    "tart_http_request_duration_seconds_bucket"):
         assert needle in text, needle

@@ -102,6 +102,10 @@ def test_backend_unit_settings_that_matter() -> None:
     assert one["SystemCallArchitectures"] == "native"
     assert one["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
     assert "MemoryDenyWriteExecute" in one  # a decision, stated (and explained) in the unit
+    # Resource bounds and a syscall filter (issue 10): systemd-analyze verify checks their syntax.
+    assert one["MemoryMax"].endswith("G") and int(one["MemoryMax"][:-1]) >= 2
+    assert 128 <= int(one["TasksMax"]) <= 4096
+    assert one["SystemCallFilter"] == "@system-service" and one["SystemCallErrorNumber"] == "EPERM"
 
 
 # --- readiness ---------------------------------------------------------------------------------
@@ -214,7 +218,12 @@ def test_postgresql_setup_helper_creates_a_working_cluster() -> None:
         tuning.chmod(0o644)
         env = {"PG_BIN": str(pg_bin), "PGDATA": str(state / "data"), "TART_PG_SOCKET_DIR": str(run),
                "TART_PG_TUNING": str(tuning)}
-        helper = str(SYSTEMD / "tart-postgresql-setup")
+        # The postgres user runs the helper: from a copy it can read, not from the checkout, which
+        # may sit where other users cannot enter (a clone in /root, mode 0700).
+        helper_copy = root / "tart-postgresql-setup"
+        shutil.copy(SYSTEMD / "tart-postgresql-setup", helper_copy)
+        helper_copy.chmod(0o755)
+        helper = str(helper_copy)
         _as("postgres", helper, "init", env=env)
         assert (state / "data" / "PG_VERSION").is_file()
         assert not (state / "data.initdb-tmp").exists()

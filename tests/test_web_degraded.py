@@ -23,6 +23,11 @@ def test_database_unreachable(tmp_path: Path, pg_server: str) -> None:
             assert r.json()["components"]["database"]["status"] == "unhealthy"
             body = assert_json_error(srv.get("/api/nodes"), 503)
             assert body["error"] == "database_unavailable"
+            # No internal text in 5xx bodies (database name, socket path, role): it is in the log.
+            for resp in (srv.get("/api/nodes"), srv.get("/api/health/detailed"), srv.get("/api/events")):
+                assert resp.status_code == 503
+                for secret in ("tart_web_no_such_db", "/tmp", ".s.PGSQL", "role", "FATAL"):
+                    assert secret not in resp.text, (secret, resp.text)
 
             async def live() -> dict:
                 async with websockets.connect(srv.ws_url) as ws:

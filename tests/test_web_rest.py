@@ -264,12 +264,14 @@ def test_metrics_exposition(server: WebServer) -> None:
     families = list(text_string_to_metric_families(text))
     fams = {f.name: f for f in families}
     types = {s.name: f.type for f in families for s in f.samples}
-    for name in ("telemetry_events_received", "telemetry_connections_rejected", "telemetry_events_rate_limited",
-                 "telemetry_broadcaster_total_broadcast", "telemetry_events_dropped"):
-        assert types.get(name + "_total", "counter") == "counter"
-        if name != "telemetry_events_dropped":  # labelled: no sample until something is dropped
-            assert types[name + "_total"] == "counter", name
-            assert types[name] == "unknown", name  # the reference's bare name, untyped
+    # {counter: the reference's bare name, repeated untyped}
+    for name, bare in (("telemetry_events_received", "telemetry_events_received"),
+                       ("telemetry_connections_rejected", "telemetry_connections_rejected"),
+                       ("telemetry_events_rate_limited", "telemetry_events_rate_limited"),
+                       ("telemetry_broadcaster_messages_sent", "telemetry_broadcaster_total_broadcast"),
+                       ("telemetry_events_dropped", "telemetry_events_dropped")):
+        assert types[name + "_total"] == "counter", name
+        assert types[bare] == "unknown", name
     assert "telemetry_broadcaster_subscribers" in fams
     assert "telemetry_database_pool_connections" in fams
     reqs = fams["tart_http_requests"]

@@ -37,7 +37,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_dsn: str, ring: Test
            ) -> Iterator[WebServer]:
     # One worker: every socket in a test meets the same broadcaster. CORS on to check the header.
     with running_server(tmp_path_factory.mktemp("ws"), module_dsn, [ring.name], workers=1,
-                        env={"TART_CORS_ORIGINS": "https://dash.example"}) as srv:
+                        env={"TART_CORS_ORIGINS": "https://dash.example",
+                             # The stalled-client test keeps a whole 1000-event queue of 4 KB events.
+                             "TART_WS_QUEUE_BYTES": str(16 << 20)}) as srv:
         yield srv
 
 

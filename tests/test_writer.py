@@ -567,3 +567,27 @@ def test_table_level_failure_holds_the_batch_instead_of_rejecting_rows(rings, fr
         stop_writer(w)
     assert ids_in_db(fresh_db) == [id_ for _, id_ in made]
     assert count(fresh_db, "SELECT count(*) FROM events WHERE decode_error IS NOT NULL") == 0
+
+
+def test_corrupt_ring_record_is_skipped_and_the_rest_stored(rings, fresh_db, data_dir):
+    """A record whose ring header is impossible (a stray write, not a torn record) is skipped to
+    the next plausible one, instead of crashing the writer on every restart; the stretch is
+    released so the acceptor is not blocked behind it."""
+    prod = Producer(rings[0])
+    made = [prod.event(14, 11, {"slot": i}) for i in range(10)]
+    prod.put([r for r, _ in made])
+    # the 4th record's length field becomes garbage
+    pos = 0
+    for rec, _ in made[:3]:
+        pos += 16 + ((len(rec) + 7) & -8)
+    rings[0]._data[pos:pos + 4] = b"\xfe\xff\xff\x7f"
+    w = start_writer(rings, fresh_db, settings_for(data_dir))
+    try:
+        wait_for(lambda: count(fresh_db) == 9 and rings[0].gate_pos == rings[0].write_pos, what="9 rows, ring released")
+        more = [prod.event(14, 11, {"slot": 100 + i}) for i in range(5)]
+        prod.put([r for r, _ in more])
+        wait_for(lambda: count(fresh_db) == 14, what="later records too")
+        assert w.is_alive()
+    finally:
+        stop_writer(w)
+    assert ids_in_db(fresh_db) == sorted([id_ for i, (_, id_) in enumerate(made) if i != 3] + [i for _, i in more])

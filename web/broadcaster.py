@@ -1,10 +1,15 @@
 """Per-worker live fan-out: one task tails every ring and feeds bounded per-subscriber queues.
 
 A subscriber that cannot keep up never slows the tailer or other subscribers: when its queue is
-full, events are skipped for it (counted in BROADCAST_LAGGED) and, once its sender has written
+full (in events or in bytes), events are skipped for it (counted in BROADCAST_LAGGED) and, once its sender has written
 out what was queued, it is sent one `lagged` notice with the number skipped. Fan-out works on
 whole poll batches: subscribers sharing a filter share one filtered list, so the per-poll cost
 grows with subscribers, not with subscribers times events.
+
+Memory is bounded by bytes, not only by counts: one event may be up to TART_MAX_FRAME (256 KiB)
+and is several times that as JSON, so 10,000 recent events or 1,000 queued ones could otherwise
+be gigabytes. The recent buffer keeps at most RECENT_MAX records and `recent_bytes_max` bytes;
+a queue at most `maxsize` events and `maxbytes` bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from tart.web.ringsource import RingSet
 log = logging.getLogger("tart.web.broadcast")
 
 RECENT_MAX = 10_000
+RECENT_BYTES_MAX = 16 * 1024 * 1024
 QUEUE_MAX = 1000
+QUEUE_BYTES_MAX = 4 * 1024 * 1024
+# What a queued event costs beyond its text: the EventItem and its strings' headers.
+ITEM_OVERHEAD = 200
 READ_BATCH = 4096
 POLL_BUSY_S = 0.001
 POLL_IDLE_MAX_S = 0.010
@@ -38,7 +47,7 @@ _HDR = EVENT_HEADER.size
 class EventItem:
     """One event, pre-rendered once for every subscriber; only latency and send time vary per send."""
 
-    __slots__ = ("id", "node_id", "event_type", "received_at", "head", "event", "batched", "batch_text")
+    __slots__ = ("id", "node_id", "event_type", "received_at", "head", "event", "batched", "batch_text", "size")
 
     def __init__(self, rec: bytes) -> None:
         _, flags, etype, jlen, id_, received_at, _, _, peer = _hdr(rec)
@@ -52,6 +61,7 @@ class EventItem:
         else:
             self.event = body.decode("utf-8", "replace")
         self.head = f'{{"id":{id_},"node_id":"{self.node_id}","event_type":{etype},"latency_ms":'
+        self.size = len(self.event) + len(self.head) + ITEM_OVERHEAD
         self.batched: str | None = None
         # (last item of the batch, its length, the message) of the last batch this event started.
         self.batch_text: tuple[EventItem, int, str] | None = None
@@ -98,12 +108,17 @@ ALL = Filter("All")
 
 class Subscriber:
     __slots__ = ("filter", "items", "queued", "skipped", "wake", "events_sent", "connected_at", "maxsize",
-                 "going_away", "control_pending", "batch_ms", "batch_max", "first_at")
+                 "going_away", "control_pending", "batch_ms", "batch_max", "first_at", "maxbytes",
+                 "queued_bytes", "recent_inflight", "stats_due", "sending_since", "address")
 
-    def __init__(self, maxsize: int = QUEUE_MAX) -> None:
+    def __init__(self, maxsize: int = QUEUE_MAX, maxbytes: int = QUEUE_BYTES_MAX) -> None:
         self.filter = ALL
         self.items: deque[Any] = deque()
-        self.queued = 0  # event items in `items` (control messages are not bounded: few and small)
+        # Event items in `items` and their bytes. Control messages are bounded by ws.py instead:
+        # by count (unread replies) and recent_events replies by number in flight and size.
+        self.queued = 0
+        self.queued_bytes = 0
+        self.maxbytes = maxbytes
         self.skipped = 0  # skipped since the last lagged notice was sent
         self.wake = asyncio.Event()
         self.events_sent = 0
@@ -115,6 +130,12 @@ class Subscriber:
         self.batch_ms = 0
         self.batch_max = maxsize
         self.first_at = 0.0  # monotonic time the oldest queued event was queued
+        self.recent_inflight = 0  # recent_events replies queued or being sent
+        self.stats_due = False  # a periodic `stats` message is to be sent (set by ws.StatsFeed)
+        # Monotonic time the sender started the send it is blocked in (0 = not sending): a
+        # per-worker watchdog closes a client that has not taken a message for TART_WS_SEND_TIMEOUT.
+        self.sending_since = 0.0
+        self.address = ""
 
     def offer(self, events: list[EventItem], now: float) -> int:
         """Queue what fits; returns how many were skipped. `now`: the poll's monotonic time, the
@@ -125,9 +146,23 @@ class Subscriber:
             self.skipped += len(events)
             return len(events)
         take = events if len(events) <= room else events[:room]
+        budget = self.maxbytes - self.queued_bytes
+        size = 0
+        for i, it in enumerate(take):
+            size += it.size
+            # An empty queue takes one event whatever its size, so that a huge event still reaches
+            # a subscriber that keeps up.
+            if size > budget and (i or self.queued):
+                take = take[:i]
+                size -= it.size
+                break
+        if not take:
+            self.skipped += len(events)
+            return len(events)
         was_empty = self.queued == 0
         self.items.extend(take)
         self.queued += len(take)
+        self.queued_bytes += size
         # A batching sender sleeps until its batch is due: wake it only to start a batch (it
         # then sets its deadline) or when the batch is full, not on every poll.
         if was_empty:
@@ -154,16 +189,22 @@ class Subscriber:
         out = list(self.items)
         self.items.clear()
         self.queued = 0
+        self.queued_bytes = 0
         self.wake.clear()
         return out
 
 
 class Broadcaster:
-    def __init__(self, rings: RingSet, queue_max: int = QUEUE_MAX) -> None:
+    def __init__(self, rings: RingSet, queue_max: int = QUEUE_MAX, queue_bytes: int = QUEUE_BYTES_MAX,
+                 recent_bytes: int = RECENT_BYTES_MAX, recent_max: int = RECENT_MAX) -> None:
         self.rings = rings
         self.queue_max = queue_max
+        self.queue_bytes = queue_bytes
         self.subscribers: set[Subscriber] = set()
-        self.recent: deque[bytes] = deque(maxlen=RECENT_MAX)
+        self.recent: deque[bytes] = deque()
+        self.recent_bytes = 0
+        self.recent_bytes_max = recent_bytes
+        self.recent_max = recent_max
         self.events_seen = 0
         self.lagged_total = 0
         self.missed_total = 0
@@ -173,7 +214,7 @@ class Broadcaster:
 
     # --- subscribers -------------------------------------------------------------------------
     def subscribe(self) -> Subscriber:
-        sub = Subscriber(self.queue_max)
+        sub = Subscriber(self.queue_max, self.queue_bytes)
         self.subscribers.add(sub)
         self._groups = None
         metrics.BROADCASTER_SUBSCRIBERS.inc()
@@ -197,7 +238,11 @@ class Broadcaster:
             "lagged_events": self.lagged_total,
             "missed_records": self.missed_total,
             "rings_attached": len(self._readers),
+            "buffer_bytes": self.recent_bytes,
         }
+
+    def queued_bytes(self) -> int:
+        return sum(s.queued_bytes for s in self.subscribers)
 
     # --- the tailer --------------------------------------------------------------------------
     def start(self) -> None:
@@ -229,7 +274,7 @@ class Broadcaster:
                 recs, missed = reader.read(READ_BATCH)
             except RuntimeError as e:
                 # A torn read from a lap in progress: start again at the live edge.
-                log.warning("ring %s tail read failed, resyncing: %s", name, e)
+                log.warning("ring tail read failed, resyncing", extra={"ring": name, "error": str(e)})
                 self._readers[name] = self.rings.rings[name].tail_reader(from_gate=False)
                 continue
             if missed:
@@ -240,11 +285,23 @@ class Broadcaster:
             return n
         if len(self._readers) > 1:
             batch.sort(key=_record_id)
-        self.recent.extend(batch)
+        self._remember(batch)
         self.events_seen += len(batch)
         if self.subscribers:
             self._fanout([EventItem(r) for r in batch])
         return n
+
+    def _remember(self, batch: list[bytes]) -> None:
+        recent = self.recent
+        cap_n, cap_b = self.recent_max, self.recent_bytes_max
+        if len(batch) > cap_n:
+            batch = batch[-cap_n:]
+        recent.extend(batch)
+        total = self.recent_bytes + sum(map(len, batch))
+        while recent and (len(recent) > cap_n or total > cap_b):
+            total -= len(recent.popleft())
+        self.recent_bytes = total
+        metrics.WS_RECENT_BUFFER_BYTES.set(total)
 
     def _fanout(self, items: list[EventItem]) -> None:
         groups = self._groups

@@ -40,6 +40,9 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 proc_name = "tart-web"
 asgi_lifespan = "on"
+# gunicorn's ASGI worker holds a whole WebSocket message before the app sees it (default 16 MiB);
+# refuse anything larger than tart accepts (1009) before buffering it.
+websocket_max_message_size = _settings.ws_max_message
 # The control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl); several tart
 # instances (tests, benchmarks) on one machine would fight over it, and tart does not use it.
 control_socket_disable = True

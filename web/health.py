@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -9,10 +10,15 @@ from typing import Any
 
 import falcon
 import orjson
+from psycopg_pool import AsyncConnectionPool
 
 from tart.engine.timefmt import fmt_unix_us, now_str
 from tart.web import store
-from tart.web.state import SERVICE, VERSION, AppState
+from tart.web.broadcaster import Broadcaster
+from tart.web.ringsource import RingSet
+from tart.web.state import SERVICE, VERSION
+
+log = logging.getLogger("tart.web")
 
 WRITER_HEALTH_FILE = "writer.health"
 # The writer rewrites its health file about once a second.
@@ -24,6 +30,7 @@ MEMORY_DEGRADED_PCT = 90.0
 class HealthResource:
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok", "service": SERVICE, "version": VERSION}
+        resp.cache_control = ["no-store"]
 
 
 def _memory() -> dict[str, Any]:
@@ -56,7 +63,9 @@ def _writer(data_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {"status": "unhealthy", "message": "writer has not reported (no writer.health)"}
     except (OSError, orjson.JSONDecodeError) as e:
-        return {"status": "unhealthy", "message": f"unreadable writer.health: {e}"}
+        # The error names paths under the data dir: log it, answer only what kind of failure.
+        log.warning("unreadable writer.health", extra={"error": str(e)[:300]})
+        return {"status": "unhealthy", "message": f"unreadable writer.health ({type(e).__name__})"}
     lag = h.get("lag_seconds")
     last = h.get("last_commit_unix")
     out: dict[str, Any] = {
@@ -79,18 +88,26 @@ def _writer(data_dir: Path) -> dict[str, Any]:
 
 
 class DetailedHealthResource:
-    def __init__(self, state: AppState) -> None:
-        self.state = state
+    def __init__(self, pool: AsyncConnectionPool, rings: RingSet, broadcaster: Broadcaster, data_path: Path,
+                 started_at: float) -> None:
+        self.pool = pool
+        self.rings = rings
+        self.broadcaster = broadcaster
+        self.data_path = data_path
+        self.started_at = started_at
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        st = self.state
+        resp.cache_control = ["no-store"]
         try:
-            latency = await store.ping(st.pool)
+            latency = await store.ping(self.pool)
             db = {"status": "healthy", "latency_ms": round(latency, 3), "message": "Connected to PostgreSQL"}
         except Exception as e:  # noqa: BLE001 - health reports every failure as data
-            db = {"status": "unhealthy", "latency_ms": None, "message": f"{type(e).__name__}: {e}"[:300]}
+            # psycopg's text names the host or socket path and the role: log it, do not serve it.
+            log.warning("health: database check failed", extra={"error": f"{type(e).__name__}: {e}"[:500]})
+            db = {"status": "unhealthy", "latency_ms": None,
+                  "message": f"cannot reach PostgreSQL ({type(e).__name__})"}
 
-        rings = st.rings.health()
+        rings = self.rings.health()
         alive = sum(1 for r in rings if r.get("alive"))
         fill = max((r.get("fill", 0.0) for r in rings), default=0.0)
         if not rings:
@@ -106,7 +123,7 @@ class DetailedHealthResource:
             "max_fill": fill,
             "rings": rings,
         }
-        bstats = st.broadcaster.stats()
+        bstats = self.broadcaster.stats()
         broadcaster = {
             "status": "healthy",
             "subscribers": bstats["active_subscribers"],
@@ -115,7 +132,7 @@ class DetailedHealthResource:
         }
         comps = {
             "database": db,
-            "writer": _writer(st.settings.data_path),
+            "writer": _writer(self.data_path),
             "acceptors": acceptors,
             "broadcaster": broadcaster,
             "memory": _memory(),
@@ -132,7 +149,7 @@ class DetailedHealthResource:
             "timestamp": now_str(),
             "components": comps,
             "version": VERSION,
-            "uptime_seconds": int(time.time() - st.started_at),
+            "uptime_seconds": int(time.time() - self.started_at),
         }
         if overall == "unhealthy":
             resp.status = falcon.HTTP_503

@@ -1,10 +1,12 @@
-"""orjson for every JSON body: one falcon media handler, keys sorted like PostgreSQL JSONB readers expect."""
+"""orjson for every JSON body through Falcon's own JSONHandler; keys sorted like PostgreSQL JSONB readers expect."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import falcon
+import falcon.asgi
 import falcon.media
 import orjson
 
@@ -12,38 +14,17 @@ import orjson
 # a ring (declaration order); the reference serves REST `data` alphabetically for the same reason.
 DUMPS_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
+_dumps = partial(orjson.dumps, option=DUMPS_OPTS)
+
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=DUMPS_OPTS)
-
-
-class OrjsonHandler(falcon.media.BaseHandler):
-    def serialize(self, media: Any, content_type: str | None = None) -> bytes:
-        return orjson.dumps(media, option=DUMPS_OPTS)
-
-    async def serialize_async(self, media: Any, content_type: str | None = None) -> bytes:
-        return orjson.dumps(media, option=DUMPS_OPTS)
-
-    def deserialize(self, stream: Any, content_type: str | None, content_length: int | None) -> Any:
-        data = stream.read()
-        return self._loads(data)
-
-    async def deserialize_async(self, stream: Any, content_type: str | None, content_length: int | None) -> Any:
-        data = await stream.read()
-        return self._loads(data)
-
-    @staticmethod
-    def _loads(data: bytes) -> Any:
-        if not data:
-            raise falcon.MediaNotFoundError("JSON")
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise falcon.MediaMalformedError("JSON") from e
+    return _dumps(obj)
 
 
 def install(app: falcon.asgi.App) -> None:
-    handler = OrjsonHandler()
+    # JSONHandler sees that dumps returns bytes and skips its str->bytes step; orjson's
+    # JSONDecodeError subclasses ValueError, which JSONHandler already maps to a 400.
+    handler = falcon.media.JSONHandler(dumps=_dumps, loads=orjson.loads)
     handlers = {falcon.MEDIA_JSON: handler}
     app.req_options.media_handlers.update(handlers)
     app.resp_options.media_handlers.update(handlers)

@@ -11,6 +11,13 @@ from tart.engine import metrics
 MAX_BODY_BYTES = 64 * 1024
 MAX_QUERY_CHARS = 4096
 MAX_QUERY_PARAMS = 64
+# The method label takes only these values: any other token a client sends (HTTP allows any)
+# would otherwise create a new series per token.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 class MetricsMiddleware:
@@ -26,7 +33,7 @@ class MetricsMiddleware:
             return
         route = req.uri_template or "unmatched"
         metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - t0)
-        metrics.HTTP_REQUESTS.labels(route, req.method, str(resp.status_code)).inc()
+        metrics.HTTP_REQUESTS.labels(route, method_label(req.method), str(resp.status_code)).inc()
 
 
 class LimitsMiddleware:

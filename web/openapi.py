@@ -6,6 +6,7 @@ from typing import Any
 
 import falcon
 
+from tart.web import params
 from tart.web.state import VERSION
 
 EXAMPLE_NODE_ID = "a1" * 32
@@ -67,8 +68,8 @@ _NODE = {
 
 _NODE_ID_PARAM = {
     "name": "node_id", "in": "path", "required": True,
-    "description": "64 hex characters (uppercase accepted)",
-    "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}, "example": EXAMPLE_NODE_ID,
+    "description": "64 hexadecimal characters, either case (normalised to lowercase); nothing else",
+    "schema": {"type": "string", "pattern": f"^{params.NODE_ID_PATTERN}$"}, "example": EXAMPLE_NODE_ID,
 }
 _EVENT_PARAMS = [
     {"name": "limit", "in": "query", "description": "1..1000, default 50",

@@ -12,7 +12,12 @@ from tart.web.errors import bad_request
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-_NODE_ID = re.compile(r"[0-9a-f]{64}")
+# The one node-id rule of REST paths and WebSocket filters: 64 hexadecimal characters, either case,
+# normalised to lowercase (the form tart stores and returns). Nothing else is stripped or accepted
+# (no 0x prefix, no whitespace), so that one id has one spelling in URLs and logs.
+NODE_ID_PATTERN = "[0-9a-fA-F]{64}"
+_NODE_ID = re.compile(NODE_ID_PATTERN)
+NODE_ID_RULE = "64 hexadecimal characters"
 _INT = re.compile(r"[+]?[0-9]{1,19}")
 MAX_ID = (1 << 63) - 1
 
@@ -27,10 +32,17 @@ class EventQuery:
     node_id: str | None = None
 
 
+def parse_node_id(raw: object) -> str | None:
+    """The lowercase node id, or None when `raw` breaks the rule."""
+    if not isinstance(raw, str) or not _NODE_ID.fullmatch(raw):
+        return None
+    return raw.lower()
+
+
 def node_id(raw: str) -> str:
-    nid = raw.strip().lower()
-    if not _NODE_ID.fullmatch(nid):
-        raise bad_request(f"node_id must be 64 hexadecimal characters, got {raw[:80]!r}")
+    nid = parse_node_id(raw)
+    if nid is None:
+        raise bad_request(f"node_id must be {NODE_ID_RULE}, got {raw[:80]!r}")
     return nid
 
 

@@ -65,7 +65,7 @@ class RingSet:
                 self.rings[name] = Ring.attach(name)
                 added.append(name)
             except (OSError, ValueError) as e:
-                log.warning("cannot attach ring %s: %s", name, e)
+                log.warning("cannot attach ring", extra={"ring": name, "error": str(e)})
         return added
 
     def snapshot_uncommitted(self, max_records: int = SNAPSHOT_MAX) -> list[bytes]:
@@ -127,7 +127,8 @@ class RingSet:
                     counters=ring.counters.as_dict(),
                 )
             except Exception as e:  # noqa: BLE001 - health must report, not fail
-                info["error"] = str(e)
+                log.warning("ring health failed", extra={"ring": name, "error": str(e)[:300]})
+                info["error"] = type(e).__name__
             out.append(info)
         return out
 

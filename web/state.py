@@ -1,4 +1,5 @@
-"""What every resource of one web worker shares: settings, the pool, the rings, the broadcaster."""
+"""What one web worker holds (AppState, for its lifespan and housekeeping) and the narrower
+pieces its resources receive: each resource gets only what it uses (see app.create_app)."""
 
 from __future__ import annotations
 
@@ -54,9 +55,20 @@ class StatsProvider:
             try:
                 self.value = await store.stats(self.pool)
             except Exception as e:  # noqa: BLE001 - a WS client gets stale stats rather than none
-                log.warning("stats refresh failed: %s", e)
+                log.warning("stats refresh failed", extra={"error": f"{type(e).__name__}: {e}"[:300]})
             self.at = time.monotonic()
             return self.value
+
+
+@dataclass
+class EventReads:
+    """What the event resources read: the rings' uncommitted tail, the read-only pool, and the
+    node-name cache of ring-only events (the attributes web/events.py uses)."""
+
+    rings: RingSet
+    pool: AsyncConnectionPool
+    # node_id -> ((implementation_name, implementation_version), monotonic time fetched)
+    node_names: dict[str, tuple[tuple[str, str], float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,10 +76,12 @@ class AppState:
     settings: Settings
     dsn: str
     rings: RingSet
-    pool: AsyncConnectionPool
+    pool: AsyncConnectionPool  # read-only sessions, statement_timeout (web/dbrole.py)
     broadcaster: Broadcaster
     stats: StatsProvider
+    # The one writable path: the shared /api/stats cache row (store.stats upserts stats_cache).
+    stats_pool: AsyncConnectionPool | None = None
     started_at: float = field(default_factory=time.time)
-    # node_id -> ((implementation_name, implementation_version), monotonic time fetched)
     node_names: dict[str, tuple[tuple[str, str], float]] = field(default_factory=dict)
     background: list[asyncio.Task] = field(default_factory=list)
+    ws: Any = None  # the WebSocketResource, whose periodic task the lifespan starts

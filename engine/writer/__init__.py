@@ -14,10 +14,10 @@ import signal
 
 from tart.engine.config import Settings
 from tart.engine.writer.batch import Batch
-from tart.engine.writer.process import LIVE_OPTIONS, Writer, set_switch_interval
+from tart.engine.writer.process import DRAIN_INDEX, LIVE_OPTIONS, Writer, set_switch_interval
 from tart.engine.writer.retention import apply_retention
 
-__all__ = ["LIVE_OPTIONS", "Batch", "Writer", "apply_retention", "run_writer"]
+__all__ = ["LIVE_OPTIONS", "Batch", "Writer", "apply_retention", "drain_rings", "run_writer"]
 
 log = logging.getLogger("tart.writer")
 
@@ -47,5 +47,19 @@ def run_writer(ring_names: list[str], dsn: str, settings: Settings, index: int =
         log.info("writer running", extra={"index": index, "rings": len(ring_names), "batch_max": settings.batch_max})
         w.run()
         log.info("writer stopped: rings drained")
+    finally:
+        w.close()
+
+
+def drain_rings(ring_names: list[str], dsn: str, settings: Settings) -> int:
+    """Store what ``ring_names`` (rings no acceptor writes any more) hold beyond their committed
+    cursors; returns the bytes that were pending. Run by the supervisor before it forks."""
+    w = Writer(ring_names, dsn, settings, index=DRAIN_INDEX)
+    w.stopping = True
+    try:
+        w.start()
+        before = sum(s.reader.pending() for s in w.sources)
+        w.run()
+        return before
     finally:
         w.close()

@@ -40,6 +40,7 @@ class Batch:
         self.ends: dict[str, int] = {}  # ring name -> reader position after this batch
         self.last_ids: dict[str, int] = {}  # ring name -> newest event id in this batch
         self.records = 0
+        self.skipped = 0  # corrupt ring records skipped (their stretch is released with the batch)
         self.started = 0.0  # monotonic time the batch got its first record
         self.careful = False
         self.retrying = False

@@ -28,6 +28,8 @@ HEALTH_INTERVAL = 1.0
 
 
 def health_file_name(index: int) -> str:
+    if index < 0:
+        return "writer-drain.health"  # the supervisor draining a previous run's rings
     return "writer.health" if index == 0 else f"writer-{index}.health"
 
 

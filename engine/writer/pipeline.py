@@ -96,7 +96,7 @@ class Pipeline:
     # --- one batch ----------------------------------------------------------------------
 
     def write(self, batch: Batch) -> None:
-        if not (batch.records or batch.node_ops):
+        if not (batch.records or batch.node_ops or batch.ends):
             return
         t0 = time.monotonic()
         while True:

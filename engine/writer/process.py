@@ -19,8 +19,8 @@ import time
 
 import psycopg
 
-from tart.engine import derived, nodekeys, reload
-from tart.engine.config import Settings
+from tart.engine import derived, metrics, nodekeys, reload
+from tart.engine.config import Settings, live_options
 from tart.engine.migrate import ensure_partitions
 from tart.engine.ring import Ring
 from tart.engine.writer import retention
@@ -35,13 +35,13 @@ log = logging.getLogger("tart.writer")
 MAINTENANCE_INTERVAL = 3600.0
 READ_MAX_BYTES = 16 << 20
 IDLE_SLEEP = 0.002
+DRAIN_INDEX = -1  # the supervisor's drain of a previous run's rings (drain_rings)
 # The database thread sends a batch's COPY data in 128 KiB pieces and needs the GIL back after
 # each one; with the default 5 ms switch interval the main thread's encoding kept it waiting
 # while PostgreSQL sat idle (half the database thread's time at 64 nodes x 1000 events/s).
 GIL_SWITCH_INTERVAL_S = 0.0005
-# What SIGHUP changes in a running writer; the rest needs a restart (tart.engine.reload).
-LIVE_OPTIONS = ("batch_max", "batch_interval_ms", "retention_days", "rollup_retention_days",
-                "hourly_retention_days", "archive_dir", "log_level")
+# What SIGHUP changes in a running writer (the option table says); the rest needs a restart.
+LIVE_OPTIONS = live_options("writer")
 
 
 class _Source:
@@ -73,7 +73,8 @@ class Writer:
         self.keys_db = Connector(dsn, None, "node-keys")
         self.keys = nodekeys.NodeKeys()
         self.tracker = derived.SlotTracker()
-        self.rollups = Rollups(Connector(dsn, lock_key(ring_names, "rollups"), "rollups"), ring_names)
+        self.rollups = Rollups(Connector(dsn, lock_key(ring_names, "rollups"), "rollups"), ring_names,
+                               summarize_brin=index == 0)
         self.health = Health(settings.data_path / health_file_name(index), [s.ring for s in self.sources],
                              lambda: (self.pipeline.last_commit, self.pg_ok))
         rings = {s.name: (s.ring.uuid, s.ring.ring_index) for s in self.sources}
@@ -155,7 +156,11 @@ class Writer:
                 if want <= 0:
                     break
                 src = self.sources[(rr + k) % n_src]
-                recs = src.reader.read(want, READ_MAX_BYTES)
+                try:
+                    recs = src.reader.read(want, READ_MAX_BYTES)
+                except RuntimeError as e:
+                    self._skip_corrupt(src, batch, e)
+                    continue
                 if recs:
                     if not batch.records:
                         batch.started = time.monotonic()
@@ -166,13 +171,14 @@ class Writer:
             rr += 1
             # While PostgreSQL is busy with the previous batch, keep filling this one: bigger
             # batches are what makes COPY cheap (its fixed cost per statement is large).
-            if batch.records and (len(batch) >= self.batch_max or stopping or (
+            if (batch.records or batch.skipped) and (len(batch) >= self.batch_max or stopping or (
                     time.monotonic() - batch.started >= self.interval and pipe.idle())):
                 self._submit(batch)
                 batch = Batch()
                 continue
             if not got:
-                if stopping and not batch.records and all(s.reader.pending() == 0 for s in self.sources):
+                if (stopping and not batch.records and not batch.skipped
+                        and all(s.reader.pending() == 0 for s in self.sources)):
                     break
                 self.health.write()
                 time.sleep(IDLE_SLEEP)
@@ -185,11 +191,24 @@ class Writer:
         self.rollups.stop()
         self.rollups.check()
 
+    def _skip_corrupt(self, src: _Source, batch: Batch, exc: RuntimeError) -> None:
+        """A record the ring cannot frame (not torn: corrupt) must not stop the writer for good,
+        which a restart would only repeat: skip to the next plausible record, count what was
+        lost, and let this batch's commit release the bad stretch."""
+        nbytes, records = src.reader.resync()
+        metrics.RING_CORRUPT_RECORDS.inc(max(1, records))
+        log.error("corrupt ring records skipped", extra={"ring": src.name, "bytes": nbytes, "records": records,
+                                                          "error": str(exc)})
+        if not batch.records:
+            batch.started = time.monotonic()
+        batch.skipped += max(1, records)
+        batch.ends[src.name] = src.reader.position
+
     def reload(self) -> None:
         """SIGHUP: adopt the live options of the configuration as it is now. The batch being
         filled keeps going and closes under the new limits; retention runs at once if it changed."""
         self.reload_requested = False
-        got = reload.reread(self.settings, LIVE_OPTIONS, "writer", log)
+        got = reload.reread(self.settings, LIVE_OPTIONS, f"writer-{self.index}", log)
         if got is None:
             return
         self.settings, changes = got

@@ -33,6 +33,7 @@ from tart.engine.writer.conn import Connector, is_connection_error
 log = logging.getLogger("tart.writer")
 
 STATUS_FLUSH_S = 0.25
+BRIN_SUMMARIZE_S = 1.0
 COUNTS_FLUSH_S = 5.0
 HOURLY_FLUSH_S = 60.0
 HOUR_US = 3_600_000_000
@@ -58,6 +59,12 @@ FROM unnest(%b::int4[], %b::int8[], %b::timestamptz[]) AS t(k, cnt, seen) WHERE 
 WATERMARK_SQL = """
 UPDATE ring_cursors AS r SET {col} = greatest(r.{col}, t.id)
 FROM unnest(%s::text[], %s::int8[]) AS t(n, id) WHERE r.ring_name = t.n
+"""
+
+# New block ranges of the BRIN indexes, summarized: until then every BRIN scan reads them all.
+BRIN_SQL = """
+SELECT coalesce(sum(brin_summarize_new_values(i.inhrelid)), 0) FROM pg_inherits i
+WHERE i.inhparent IN ('event_rows_id_brin'::regclass, 'event_rows_ts_brin'::regclass)
 """
 
 # Recovery: the uncounted range of one ring, counted from the stored events.
@@ -116,9 +123,10 @@ def recover(conn: psycopg.Connection, ring_names: list[str] | None = None) -> in
 class Rollups:
     """Counts and derived state of committed batches, and the thread that flushes them."""
 
-    def __init__(self, connector: Connector, ring_names: list[str]) -> None:
+    def __init__(self, connector: Connector, ring_names: list[str], summarize_brin: bool = False) -> None:
         self.connector = connector
         self.ring_names = ring_names
+        self.summarize_brin = summarize_brin  # one writer does it for all
         self.lock = threading.Lock()
         self.c30: dict[tuple[int, int, int], int] = {}
         self.seen: dict[int, int] = {}
@@ -170,13 +178,18 @@ class Rollups:
                     self.connector.failed("rollup_recover", e)
             self.recovered.set()
             now = time.monotonic()
-            due = {"status": now + STATUS_FLUSH_S, "counts": now + COUNTS_FLUSH_S, "hourly": now + HOURLY_FLUSH_S}
+            periods = {"status": STATUS_FLUSH_S, "counts": COUNTS_FLUSH_S, "hourly": HOURLY_FLUSH_S}
+            if self.summarize_brin:
+                periods["brin"] = BRIN_SUMMARIZE_S
+            due = {what: now + period for what, period in periods.items()}
             while not self.stop_event.wait(max(0.0, min(due.values()) - time.monotonic())):
                 now = time.monotonic()
-                for what, period in (("status", STATUS_FLUSH_S), ("counts", COUNTS_FLUSH_S),
-                                     ("hourly", HOURLY_FLUSH_S)):
+                for what, period in periods.items():
                     if now >= due[what]:
-                        self._flush(what)
+                        if what == "brin":
+                            self._summarize()
+                        else:
+                            self._flush(what)
                         due[what] = time.monotonic() + period
             for what in ("status", "counts", "hourly"):
                 while not self._flush(what):
@@ -185,6 +198,16 @@ class Rollups:
             log.exception("writer rollup thread crashed")
             self.error = e
             self.recovered.set()
+
+    def _summarize(self) -> None:
+        conn = self.connector.connect()
+        try:
+            conn.execute(BRIN_SQL)
+        except psycopg.Error as e:
+            if is_connection_error(e, conn):
+                self.connector.failed("brin_summarize", e)
+            else:
+                log.debug("BRIN summarize skipped", extra={"error": str(e).strip()})
 
     def _flush(self, what: str) -> bool:
         """One flush; True when done or nothing to do, False when it must be retried."""
