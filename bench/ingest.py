@@ -442,7 +442,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="tart-bench-", dir="/tmp"))
     root.chmod(0o755)
     env = {"TART_RATE_LIMIT": "0", "TART_RING_BYTES": str(64 * 2**20), "TART_LOG": "warning",
-           "TART_ACCEPTORS": str(args.acceptors), "TART_WEB_WORKERS": "1", "TART_MAX_CONNECTIONS": "4096"}
+           "TART_ACCEPTORS": str(args.acceptors), "TART_WEB_WORKERS": "1", "TART_MAX_CONNECTIONS": "4096",
+           # every load-generator node comes from 127.0.0.1: lift the per-address limits that
+           # would (rightly) treat it as one hostile host
+           "TART_MAX_CONNECTIONS_PER_ADDRESS": "4096", "TART_CONN_BYTE_RATE": "0", "TART_ADDR_BYTE_RATE": "0"}
     if args.writers:
         env["TART_WRITERS"] = args.writers
     env.update(kv.split("=", 1) for kv in args.set)
