@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_export import ALL, EXPORT, NODE_A, NODE_B, jsonl, run_export, seed
+from test_export import ALL, BAD_FRAME, EXPORT, NODE_A, NODE_B, jsonl, run_export, seed
 
 import tart
 
@@ -22,8 +22,9 @@ def test_rest_named_filters_and_old_aliases(fresh_db: str) -> None:
     old = jsonl(run_export(fresh_db, *ALL, "--type", "11", "--node", NODE_A).stdout)
     want = [e["id"] for e in expected if e["event_type"] == 11 and e["node_id"] == NODE_A]
     assert [e["id"] for e in new] == [e["id"] for e in old] == want and want
-    # Names as well as numbers (10 = Status, 11 = BestBlockChanged).
-    named = jsonl(run_export(fresh_db, *ALL, "--event-type", "Status,BestBlockChanged", "--node-id", NODE_B).stdout)
+    # Names as well as numbers (28 = PeerMisbehaved, 11 = BestBlockChanged).
+    named = jsonl(run_export(fresh_db, *ALL, "--event-type", "PeerMisbehaved,BestBlockChanged", "--node-id",
+                             NODE_B).stdout)
     assert [e["id"] for e in named] == [e["id"] for e in expected if e["node_id"] == NODE_B]
     r = run_export(fresh_db, *ALL, "--event-type", "NoSuchEvent", check=False)
     assert r.returncode == 2 and b"NoSuchEvent" in r.stderr
@@ -53,9 +54,9 @@ def test_parquet_has_typed_columns_for_duckdb_and_pyarrow(fresh_db: str, tmp_pat
     rows = table.to_pylist()
     assert [r["id"] for r in rows] == [e["id"] for e in expected]
     assert rows[0]["timestamp"].isoformat().replace("+00:00", "Z") == expected[0]["timestamp"]
-    assert rows[0]["event_name"] == "Status" and rows[2]["event_name"] == "BestBlockChanged"
+    assert rows[0]["event_name"] == "PeerMisbehaved" and rows[2]["event_name"] == "BestBlockChanged"
     assert rows[-1]["event_name"] is None and rows[-1]["decode_error"] == "truncated at byte 3"
-    assert rows[-1]["raw"] == b"\x0b\x01\x02"
+    assert rows[-1]["raw"] == BAD_FRAME
 
     # Streamed to a pipe (not seekable) it is the same file.
     piped = run_export(fresh_db, *ALL, "--format", "parquet").stdout

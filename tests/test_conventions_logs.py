@@ -99,7 +99,7 @@ def test_real_tart_logs_parse_and_a_node_cannot_forge_lines(tmp_path: Path, fres
     connected = [f for f in parsed if f["msg"] == "node connected"]
     assert len(connected) == 1 and connected[0]["impl"] == FORGED
     roles = {f["proc"].partition("[")[0] for f in parsed}
-    assert {"supervisor", "acceptor-0", "writer", "web"} <= roles, roles
+    assert {"supervisor", "acceptor-0", "writer-0", "web"} <= roles, roles
 
 
 @given(st.text())
