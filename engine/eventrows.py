@@ -31,8 +31,12 @@ SELECT = (
 R_ID, R_NODE, R_EID, R_TYPE, R_TS, R_PAYLOAD, R_CREATED, R_ERROR, R_NAME, R_VERSION = range(10)
 
 ID_SHIFT = 6
-FIRST_WINDOW_US = 2_000_000  # newest-first walks start with 2 s of ids and widen 8x
-WIDEN = 8
+# Newest-first walks start with 50 ms of ids (a page of 1000 at 20k events/s) and widen by what
+# the last window yielded: a window's rows are all read and sorted (BRIN has no order), so a
+# window much wider than the page needs costs in proportion, one much narrower a round trip.
+FIRST_WINDOW_US = 50_000
+WIDEN_MAX = 8
+WIDEN_MIN = 2
 
 
 def event_data(event_type: int, ts_unix_us: int, payload: bytes, decode_error: str | None) -> Any:
@@ -51,16 +55,13 @@ def id_of_unix_us(us: int) -> int:
     return us << ID_SHIFT
 
 
-def newest_first_windows(before_id: int, floor_id: int) -> Iterator[tuple[int, int]]:
-    """``[lo, hi)`` id windows going back from ``before_id`` (exclusive), each WIDEN times the
-    previous one, until ``floor_id`` (no stored id is below it)."""
-    hi = before_id
-    width = id_of_unix_us(FIRST_WINDOW_US)
-    while hi > floor_id:
-        lo = max(floor_id, hi - width)
-        yield lo, hi
-        hi = lo
-        width *= WIDEN
+def next_width(width: int, found: int, missing: int) -> int:
+    """The next window's width (in ids) after one of ``width`` found ``found`` rows and the page
+    still lacks ``missing``: wide enough for the missing rows at the density just seen (with a
+    margin), between WIDEN_MIN and WIDEN_MAX times the last."""
+    if found <= 0:
+        return width * WIDEN_MAX
+    return int(width * min(WIDEN_MAX, max(WIDEN_MIN, 1.5 * missing / found)))
 
 
 def ascending_windows(lo_id: int, hi_id: int, width_us: int) -> Iterator[tuple[int, int]]:

@@ -198,19 +198,27 @@ async def list_events(pool: AsyncConnectionPool, q: EventQuery) -> list[tuple]:
             sql, args = _event_sql(q, None, q.before_id, need)
             cur = await conn.execute(sql, args)
             return await cur.fetchall()
-        hi = q.before_id if q.before_id is not None else eventrows.id_of_unix_us(time.time_ns() // 1000 + 3_600_000_000)
+        # Ids follow arrival time (engine/ring.py): none is newer than now, give or take the clock.
+        newest = eventrows.id_of_unix_us(time.time_ns() // 1000 + 1_000_000)
+        hi = newest if q.before_id is None else min(q.before_id, newest)
         rows: list[tuple] = []
         floor = await _id_floor(conn)
-        for lo, top in eventrows.newest_first_windows(hi, floor):
+        width = eventrows.id_of_unix_us(eventrows.FIRST_WINDOW_US)
+        top = hi
+        while top > floor:
+            lo = max(floor, top - width)
             sql, args = _event_sql(q, lo, top, need - len(rows))
             cur = await conn.execute(sql, args)
-            rows.extend(await cur.fetchall())
+            got = await cur.fetchall()
+            rows.extend(got)
             if len(rows) >= need:
                 return rows
+            width = eventrows.next_width(top - lo, len(got), need - len(rows))
+            top = lo
         # Below the floor only rows whose id does not follow their arrival time can be (written by
         # hand, or by a clock far off): one more query, which the BRIN index answers at once
         # when there are none.
-        sql, args = _event_sql(q, None, min(hi, floor), need - len(rows))
+        sql, args = _event_sql(q, None, min(top, floor), need - len(rows))
         cur = await conn.execute(sql, args)
         rows.extend(await cur.fetchall())
         return rows
