@@ -198,8 +198,12 @@ async def list_events(pool: AsyncConnectionPool, q: EventQuery) -> list[tuple]:
             sql, args = _event_sql(q, None, q.before_id, need)
             cur = await conn.execute(sql, args)
             return await cur.fetchall()
-        # Ids follow arrival time (engine/ring.py): none is newer than now, give or take the clock.
-        newest = eventrows.id_of_unix_us(time.time_ns() // 1000 + 1_000_000)
+        # No id tart stored is newer than the newest its writers committed (ring_cursors.last_id):
+        # the walk starts there rather than at "now", which at rest would be empty windows first.
+        # Without any (rows that came another way), ids are bounded by their arrival time.
+        cur = await conn.execute("SELECT max(last_id) FROM ring_cursors")
+        last = (await cur.fetchone())[0]
+        newest = last + 1 if last else eventrows.id_of_unix_us(time.time_ns() // 1000 + 1_000_000)
         hi = newest if q.before_id is None else min(q.before_id, newest)
         rows: list[tuple] = []
         floor = await _id_floor(conn)
