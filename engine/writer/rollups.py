@@ -67,6 +67,15 @@ SELECT coalesce(sum(brin_summarize_new_values(i.inhrelid)), 0) FROM pg_inherits 
 WHERE i.inhparent IN ('event_rows_id_brin'::regclass, 'event_rows_ts_brin'::regclass)
 """
 
+# A partition nobody has analyzed yet has no statistics: the planner then prices the BRIN index
+# as if ids were scattered and reads the partition whole for every window of ids. Autovacuum
+# analyzes within a minute or so; the writer does not wait for it.
+UNANALYZED_SQL = """
+SELECT relname FROM pg_stat_user_tables
+WHERE relname LIKE 'event\\_rows\\_%%' AND n_live_tup > 1000 AND last_analyze IS NULL AND last_autoanalyze IS NULL
+"""
+ANALYZE_S = 10.0
+
 # Recovery: the uncounted range of one ring, counted from the stored events.
 _RANGE = "FROM event_rows WHERE id > %(lo)s AND id <= %(hi)s AND (id & 63) = %(ring)s"
 RECOVER_SQL = {
@@ -181,6 +190,7 @@ class Rollups:
             periods = {"status": STATUS_FLUSH_S, "counts": COUNTS_FLUSH_S, "hourly": HOURLY_FLUSH_S}
             if self.summarize_brin:
                 periods["brin"] = BRIN_SUMMARIZE_S
+                periods["analyze"] = ANALYZE_S
             due = {what: now + period for what, period in periods.items()}
             while not self.stop_event.wait(max(0.0, min(due.values()) - time.monotonic())):
                 now = time.monotonic()
@@ -188,6 +198,8 @@ class Rollups:
                     if now >= due[what]:
                         if what == "brin":
                             self._summarize()
+                        elif what == "analyze":
+                            self._analyze_new()
                         else:
                             self._flush(what)
                         due[what] = time.monotonic() + period
@@ -208,6 +220,18 @@ class Rollups:
                 self.connector.failed("brin_summarize", e)
             else:
                 log.debug("BRIN summarize skipped", extra={"error": str(e).strip()})
+
+    def _analyze_new(self) -> None:
+        conn = self.connector.connect()
+        try:
+            for (name,) in conn.execute(UNANALYZED_SQL).fetchall():
+                conn.execute(f'ANALYZE "{name}"')
+                log.info("new partition analyzed", extra={"partition": name})
+        except psycopg.Error as e:
+            if is_connection_error(e, conn):
+                self.connector.failed("analyze", e)
+            else:
+                log.debug("ANALYZE skipped", extra={"error": str(e).strip()})
 
     def _flush(self, what: str) -> bool:
         """One flush; True when done or nothing to do, False when it must be retried."""
