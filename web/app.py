@@ -75,7 +75,7 @@ class Lifespan:
 
 async def _housekeeping(st: AppState) -> None:
     while True:
-        update_pool_gauge(st)
+        update_pool_gauge(st.pool)
         metrics.WS_QUEUED_BYTES.set(st.broadcaster.queued_bytes())
         await asyncio.sleep(HOUSEKEEPING_S)
 
@@ -130,5 +130,5 @@ def create_app(settings: Settings, dsn: str, ring_names: Iterable[str],
     app.add_route("/api/events", EventsResource(reads))  # type: ignore[arg-type]
     app.add_route("/api/openapi.json", OpenApiResource())
     app.add_route("/api/ws", ws)
-    app.add_route("/metrics", MetricsResource(state))
+    app.add_route("/metrics", MetricsResource(pool))
     return app

@@ -27,10 +27,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from psycopg_pool import AsyncConnectionPool
 
 import tart
 from tart.engine import metrics
-from tart.web.state import AppState
 
 
 def _escape(v: str) -> str:
@@ -144,19 +144,22 @@ def exposition() -> bytes:
 
 
 class MetricsResource:
-    def __init__(self, state: AppState | None) -> None:
-        self.state = state
+    """``pool``: the web tier's read pool, whose connections in use are set as a gauge at each
+    scrape (None: no pool gauge, as in a process without a database)."""
+
+    def __init__(self, pool: AsyncConnectionPool | None) -> None:
+        self.pool = pool
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self.state is not None:
-            update_pool_gauge(self.state)
+        if self.pool is not None:
+            update_pool_gauge(self.pool)
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = exposition()
 
 
-def update_pool_gauge(state: AppState) -> None:
+def update_pool_gauge(pool: AsyncConnectionPool) -> None:
     try:
-        s = state.pool.get_stats()
+        s = pool.get_stats()
     except Exception:  # noqa: BLE001 - a pool that is not open has nothing in use
         return
     metrics.DB_POOL_CONNECTIONS.set(s.get("pool_size", 0) - s.get("pool_available", 0))
