@@ -21,13 +21,22 @@ from urllib.parse import quote
 try:
     import orjson
 
-    _loads: Callable[[str | bytes], Any] = orjson.loads
+    _decode: Callable[[str | bytes], Any] = orjson.loads
 except ImportError:  # pragma: no cover - orjson is a dependency, json is the safety net
-    _loads = json.loads
+    _decode = json.loads
 
 from websockets.sync.client import connect as ws_connect
 
+from .fmt import clean_tree, might_be_unsafe
 from .metrics import parse_metrics
+
+
+def _loads(raw: str | bytes) -> Any:
+    """Every JSON document the console reads (REST and WebSocket) enters here: strings in it come
+    from nodes (names, versions, reasons, event fields) and are cleaned of terminal controls and
+    bidi overrides once, before any screen sees them (fmt.clean)."""
+    doc = _decode(raw)
+    return clean_tree(doc) if might_be_unsafe(raw) else doc
 
 STATUS = 10
 BEST_BLOCK = 11

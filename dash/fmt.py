@@ -1,7 +1,13 @@
-"""Text formatting for the console: every helper accepts None (or junk) and answers "-"."""
+"""Text formatting for the console: every helper accepts None (or junk) and answers "-".
+
+`clean` / `clean_tree` make text from the API safe to put on a terminal; feed.py applies
+`clean_tree` to every JSON document it decodes (REST and WebSocket), so no string a node
+supplied (names, versions, reasons, event fields) reaches a widget unsanitized.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +18,50 @@ try:
     from tart.engine.codec import EVENT_NAMES
 except Exception:  # the codec may be mid-rewrite; numbers are still readable
     EVENT_NAMES = {}
+
+
+# Characters a node could use to act on the operator's terminal or to misreport what it shows:
+# C0 controls (ESC starts escape sequences, CR/BS overwrite, BEL), DEL, C1 controls (U+009B is
+# CSI on terminals that take 8-bit controls), the bidi embeddings, overrides and isolates
+# (U+202A-U+202E, U+2066-U+2069) and marks (U+200E/U+200F/U+061C), which reorder what is
+# displayed, and the line/paragraph separators U+2028/U+2029.
+# C0 and DEL become their visible Unicode "control pictures" (ESC -> U+241B "␛", CR -> "␍",
+# DEL -> "␡"), one column each, so the operator sees that and where something was sent; the
+# others have no picture and become U+FFFD "�".
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_RAW = re.compile(rb"\\u|[\x00-\x1f\x7f]|\xc2[\x80-\x9f]|\xd8\x9c|\xe2\x80[\x8e\x8f\xa8-\xae]"
+                         rb"|\xe2\x81[\xa6-\xa9]")
+REPLACEMENT = "\ufffd"
+
+
+def _picture(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    if c < 0x20:
+        return chr(0x2400 + c)
+    return "\u2421" if c == 0x7F else REPLACEMENT
+
+
+def clean(text: str) -> str:
+    """`text` with every terminal control and bidi override made harmless (see _UNSAFE)."""
+    return _UNSAFE.sub(_picture, text) if _UNSAFE.search(text) else text
+
+
+def clean_tree(value: Any) -> Any:
+    """A decoded JSON document with `clean` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else k: clean_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_tree(v) for v in value]
+    return value
+
+
+def might_be_unsafe(raw: bytes | str) -> bool:
+    """False when the JSON text `raw` cannot hold an unsafe character (no escape sequence, no such
+    character as UTF-8): the common case, where walking the decoded document is skipped."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    return _UNSAFE_RAW.search(data) is not None
 
 
 def event_name(event_type: Any) -> str:
