@@ -64,7 +64,7 @@ def main() -> None:
                 if tart.metric("telemetry_events_written_total") >= sent:
                     break
                 time.sleep(0.5)
-            time.sleep(6)  # the rollups' flush and the BRIN summaries catch up
+            time.sleep(12)  # the rollups flush, the BRIN summaries and the first ANALYZE catch up
             status, page = tart.get("/api/events?limit=1000")
             assert status == 200
             node = page["events"][0]["node_id"]
