@@ -120,6 +120,10 @@ class Option:
 OPTIONS: list[Option] = [
     Option("database_url", "DATABASE_URL", "", str,
            "PostgreSQL connection string. Empty: tart runs its own private PostgreSQL cluster under TART_DATA_DIR."),
+    Option("web_database_url", "TART_WEB_DATABASE_URL", "", str,
+           "With DATABASE_URL: the web tier's connection string, e.g. a read-only role of your own (SELECT, and "
+           "INSERT/UPDATE on stats_cache); empty = DATABASE_URL in read-only sessions. The embedded cluster's web tier "
+           "always connects as tart_web."),
     Option("data_dir", "TART_DATA_DIR", "./var", str,
            "Directory for tart's own state: the embedded PostgreSQL cluster, archives, metrics files."),
     Option("telemetry_bind", "TELEMETRY_BIND", "0.0.0.0:9000", _parse_bind, "Where nodes connect (JIP-3 over TCP)."),
@@ -287,6 +291,7 @@ def web_options() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = _default("database_url")
+    web_database_url: str = _default("web_database_url")
     data_dir: str = _default("data_dir")
     telemetry_bind: tuple[str, int] = _default("telemetry_bind")
     api_bind: tuple[str, int] = _default("api_bind")

@@ -236,3 +236,8 @@ for _rollup in ("status", "counts", "hourly"):
 RING_CORRUPT_RECORDS = Counter(
     "tart_ring_corrupt_records", "Ring records a writer could not frame and skipped (a bug or a stray write)"
 )
+
+# --- embedded PostgreSQL supervision (issue 10, least privilege) ------------------------------
+POSTGRES_RESTARTS = Counter(
+    "tart_postgres_restarts", "Times the supervisor restarted the embedded PostgreSQL after its postmaster died"
+)

@@ -57,6 +57,10 @@ def migrate(dsn: str) -> list[str]:
                     conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
                 applied_now.append(name)
             _fill_event_types(conn)
+            # After the SQL files and at every start, so the grants cover every table and view.
+            from tart.web.dbrole import ensure_roles
+
+            ensure_roles(conn)
             # Resumes an interrupted upgrade too: the legacy table is dropped only when empty.
             legacy.convert(conn)
         finally:

@@ -7,7 +7,12 @@ exceed the 107-byte socket path limit), ``pg.lock`` (serialises start/stop betwe
 PostgreSQL refuses to run as root, so when tart is root every initdb/pg_ctl call goes through
 ``runuser -u USER --`` as the cluster's owner (the existing ``postgres`` user, else a system user
 ``tart`` created on demand). Root processes connect as the role named after that user: root may
-enter the 0700 socket directory, and local-socket auth is ``trust``.
+enter the 0700 socket directory.
+
+Authentication (``pg_hba.conf``, rewritten at every start): the owner's role over the socket with
+``trust`` (the 0700 socket directory is the gate: only the owner and root can reach it), every
+other role with ``scram-sha-256``; no TCP listener and no ``host`` lines. The web tier's role
+``tart_web`` gets a random password kept in ``<data_dir>/web-db.secret`` (0600).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -29,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 PORT = 5432  # only names the socket file: the cluster has a socket directory of its own
@@ -37,6 +45,7 @@ SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 SOCKET_NAME = f".s.PGSQL.{PORT}"
 CONF_NAME = "tart.conf"
 SYSTEM_USER = "tart"
+WEB_SECRET_NAME = "web-db.secret"
 
 # For an ingest-heavy workload that acknowledges events: durable commits, fewer and smoother
 # checkpoints, compressed full-page images. Overridable per cluster (tests) or by ALTER SYSTEM,
@@ -115,6 +124,15 @@ def find_pg_bin(bin_dir: str = "", major: str | None = None) -> Path:
     return found[0]
 
 
+def _is_zombie(pid: int) -> bool:
+    # A killed postmaster is reparented to init; an init that does not reap (some containers)
+    # leaves it a zombie, which kill(pid, 0) still finds.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
     """True if ``pid`` is alive and is the postmaster of ``pgdata``, not a recycled pid (which
     after a reboot may even belong to another cluster's postgres)."""
@@ -124,6 +142,8 @@ def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
         return False
     except PermissionError:
         pass
+    if _is_zombie(pid):
+        return False
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
@@ -137,6 +157,52 @@ def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def _processes_in(pgdata: Path) -> list[int]:
+    """Live processes whose working directory is ``pgdata``: a postmaster and its children (every
+    PostgreSQL process runs in its data directory)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.path.samefile(os.readlink(f"/proc/{pid}/cwd"), pgdata) and not _is_zombie(pid):
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def _read_or_create_secret(path: Path) -> str:
+    """The password kept in ``path`` (mode 0600, owned by this process's user), made on first use.
+    Written under a temporary name and linked into place, so a reader never sees half a file and
+    two processes starting together agree on one password."""
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise PgClusterError(f"{path} is not a regular file owned by uid {os.geteuid()}; remove it")
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.chmod(path, 0o600)
+        value = path.read_text().strip()
+        if value:
+            return value
+        path.unlink()  # empty: a crash between create and write in an older release
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process won: use its password
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 def _pid_from_lockfile(path: Path) -> int | None:
@@ -174,6 +240,19 @@ class EmbeddedCluster:
         return self._socket_dir()
 
     @property
+    def web_secret_path(self) -> Path:
+        """Where the web role's password is kept (0600, owned by the user tart runs as)."""
+        return self.data_dir / WEB_SECRET_NAME
+
+    @property
+    def web_dsn(self) -> str:
+        """The web tier's DSN: role ``tart_web``, without its password (read it from
+        ``web_secret_path``; a DSN may end up in a command line or a log)."""
+        from tart.web.dbrole import WEB_ROLE
+
+        return make_conninfo(self.dsn, user=WEB_ROLE)
+
+    @property
     def user(self) -> str:
         """The OS user the server runs as; also the PostgreSQL role tart connects as."""
         return self._run_user().pw_name
@@ -192,14 +271,53 @@ class EmbeddedCluster:
                 self._initdb(user)
             self._check_version()
             self._write_conf(sock)
+            hba_changed = self._write_hba()
             if self._server_running():
                 self.log.info("reusing the PostgreSQL already running", extra={"pgdata": str(self.pgdata)})
+                if hba_changed:
+                    # A cluster of an earlier release trusted every role: apply the new rules now.
+                    self._pg_ctl("reload", timeout=30)
+                    self.log.info("pg_hba.conf rewritten and reloaded", extra={"pgdata": str(self.pgdata)})
             else:
                 self._clear_stale_locks(sock)
                 self._pg_ctl_start()
             self._dsn = make_conninfo(host=str(sock), port=PORT, user=user.pw_name, dbname=DATABASE)
             self._ensure_database()
+            self._ensure_web_role()
         return self._dsn
+
+    def postmaster_alive(self) -> bool:
+        """Whether the postmaster named in postmaster.pid is alive: two syscalls and two /proc
+        reads, cheap enough to ask every few seconds (``pg_ctl status`` forks a process)."""
+        pid = _pid_from_lockfile(self.pgdata / "postmaster.pid")
+        return pid is not None and _is_postmaster_of(pid, self.pgdata)
+
+    def restart_dead(self) -> bool:
+        """Start the postmaster again after it died (kill -9, OOM killer). Returns False, having
+        done nothing but ask them to quit, while processes of the dead one remain: a new
+        postmaster must not share the data directory with an orphaned backend, and once its
+        lock file is removed PostgreSQL could no longer tell. Raises PgClusterError if the start
+        fails."""
+        with self._lock():
+            if self.postmaster_alive():
+                return True
+            orphans = _processes_in(self.pgdata)
+            if orphans:
+                # What the postmaster itself sends its children after a crash (quickdie).
+                for pid in orphans:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGQUIT)
+                self.log.warning("waiting for the dead postmaster's processes to exit",
+                                 extra={"pids": ",".join(map(str, orphans))})
+                return False
+            if self._bin is None:
+                self._bin = find_pg_bin(self.bin_dir_setting, self._cluster_major())
+            sock = self._prepare_socket_dir(self._run_user())
+            self._write_conf(sock)
+            self._write_hba()
+            self._clear_stale_locks(sock)
+            self._pg_ctl_start()
+            return True
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are cut, committed data is safe)."""
@@ -362,8 +480,9 @@ class EmbeddedCluster:
         settings = dict(self.settings)
         if settings.get("wal_compression") == "on" and self._has_lz4():
             settings["wal_compression"] = "lz4"
+        # No TCP listener: the socket directory's permissions are the only way in.
         settings.update(listen_addresses="", port=str(PORT), unix_socket_directories=str(sock),
-                        unix_socket_permissions="0700")
+                        unix_socket_permissions="0700", password_encryption="scram-sha-256")
         lines = ["# Written by tart at every start: edits are lost. Override with ALTER SYSTEM.\n"]
         for k, v in settings.items():
             lines.append(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n")
@@ -374,6 +493,42 @@ class EmbeddedCluster:
         if os.geteuid() == 0:
             os.chown(tmp, user.pw_uid, user.pw_gid)
         os.replace(tmp, path)
+
+    def _write_hba(self) -> bool:
+        """Write pg_hba.conf (the owner: trust over the socket; everyone else: scram-sha-256;
+        nothing over TCP). Returns whether it changed, i.e. a running server must reload it."""
+        user = self._run_user()
+        owner = '"' + user.pw_name.replace('"', '""') + '"'
+        text = ("# Written by tart at every start: edits are lost.\n"
+                "# The cluster's owner (the role tart connects as) over the private socket, whose 0700\n"
+                "# directory admits only that user and root; every other role with a password.\n"
+                f"local all {owner} trust\n"
+                f"local replication {owner} trust\n"
+                "local all all scram-sha-256\n")
+        path = self.pgdata / "pg_hba.conf"
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return False
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)
+        if os.geteuid() == 0:
+            os.chown(tmp, user.pw_uid, user.pw_gid)
+        os.replace(tmp, path)
+        return True
+
+    def _ensure_web_role(self) -> None:
+        """Create ``tart_web`` if missing (the migrations grant its privileges) and give it the
+        password kept in ``web_secret_path``. The verifier is computed here, so the password
+        itself never reaches the server (nor its log)."""
+        from tart.web.dbrole import WEB_ROLE, create_role_sql
+
+        password = _read_or_create_secret(self.web_secret_path)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(create_role_sql(WEB_ROLE))
+            verifier = conn.pgconn.encrypt_password(password.encode(), WEB_ROLE.encode(), b"scram-sha-256")
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(WEB_ROLE), sql.Literal(verifier.decode())))
 
     def _has_lz4(self) -> bool:
         assert self._bin is not None

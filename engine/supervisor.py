@@ -37,6 +37,10 @@ from tart.engine import reload as reload_mod
 log = logging.getLogger("tart.supervisor")
 
 SHUTDOWN_GRACE = {"acceptor": 4.0, "writer": 8.0, "web": 5.0}
+# How often the embedded postmaster's liveness is checked, and the longest wait between
+# restart attempts when it keeps failing to start.
+POSTGRES_CHECK_S = 2.0
+POSTGRES_BACKOFF_MAX_S = 30.0
 
 
 @dataclass
@@ -233,6 +237,8 @@ class Supervisor:
         self.stopping = False
         self.ready_sent = False
         self.started = time.time()
+        self.pg_next_check = 0.0
+        self.pg_failures = 0
 
     # --- setup --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -348,8 +354,15 @@ class Supervisor:
         host, port = s.api_bind
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         env = dict(os.environ)
+        env.pop("TART_DB_PASSWORD_FILE", None)
+        if self.cluster is not None:
+            # The read-only role; its password travels as a file path, never on a command line.
+            web_dsn = self.cluster.web_dsn
+            env["TART_DB_PASSWORD_FILE"] = str(self.cluster.web_secret_path)
+        else:
+            web_dsn = s.web_database_url or self.dsn
         env.update(
-            TART_DSN=self.dsn,
+            TART_DSN=web_dsn,
             TART_RINGS=",".join(self.ring_names),
             TART_DATA_DIR=str(s.data_path),
             TART_LOG=s.log_level,
@@ -439,6 +452,43 @@ class Supervisor:
                 pass
             self._signal(child, signal.SIGKILL)
 
+    def check_postgres(self) -> None:
+        """Restart the embedded postmaster if it died (kill -9, OOM killer), with backoff. Writers
+        wait out the outage (their rings hold what arrives meanwhile) and the web tier answers
+        503 until it is back. With DATABASE_URL tart does not own the server: nothing to do."""
+        if self.cluster is None or self.stopping:
+            return
+        now = time.monotonic()
+        if now < self.pg_next_check:
+            return
+        self.pg_next_check = now + POSTGRES_CHECK_S
+        try:
+            if self.cluster.postmaster_alive():
+                self.pg_failures = 0
+                return
+        except Exception:  # a check that cannot read /proc must never stop supervision
+            return
+        log.error("PostgreSQL is not running, restarting it", extra={"pgdata": str(self.cluster.pgdata)})
+        try:
+            started = self.cluster.restart_dead()
+        except Exception as e:
+            self.pg_failures += 1
+            delay = min(POSTGRES_BACKOFF_MAX_S, POSTGRES_CHECK_S * 2 ** self.pg_failures)
+            self.pg_next_check = time.monotonic() + delay
+            log.error("PostgreSQL restart failed", extra={"error": f"{type(e).__name__}: {e}"[:2000],
+                                                          "retry_in_s": round(delay, 1)})
+            return
+        if not started:
+            return  # the dead postmaster's processes are still exiting: the next check retries
+        self.pg_failures = 0
+        log.warning("PostgreSQL restarted", extra={"pgdata": str(self.cluster.pgdata)})
+        try:
+            from tart.engine.metrics import POSTGRES_RESTARTS
+
+            POSTGRES_RESTARTS.inc()
+        except Exception:  # metrics must never stop supervision
+            pass
+
     def _mark_dead_metrics_pid(self) -> None:
         try:
             from prometheus_client import multiprocess
@@ -474,6 +524,7 @@ class Supervisor:
                     self.reload()
             self.reap()
             self.check_heartbeats()
+            self.check_postgres()
             self.start_due_children()
             if not self.ready_sent:
                 self._check_ready()

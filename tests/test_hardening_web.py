@@ -406,21 +406,7 @@ def test_web_sessions_are_read_only_and_stats_still_cached(tmp_path: Path, modul
     assert age is not None and age[0] < 60  # the writable stats path refreshed the shared row
 
 
-def test_read_only_role_reads_and_writes_only_the_stats_cache(fresh_db: str) -> None:
-    with connect(fresh_db, autocommit=True) as conn:
-        for stmt in dbrole.read_only_role_sql():
-            conn.execute(stmt)
-        for stmt in dbrole.read_only_role_sql():  # idempotent, as a migration must be
-            conn.execute(stmt)
-    as_web = psycopg.conninfo.make_conninfo(fresh_db, user=dbrole.WEB_ROLE)
-    with psycopg.connect(as_web, autocommit=True) as conn:
-        conn.execute("SELECT count(*) FROM events").fetchone()
-        conn.execute("SELECT count(*) FROM nodes").fetchone()
-        conn.execute("INSERT INTO stats_cache (key, value, updated_at) VALUES ('t', '{}', now())"
-                     " ON CONFLICT (key) DO UPDATE SET updated_at = now()")
-        for write in ("DELETE FROM event_rows", "UPDATE nodes SET event_count = 0", "DROP TABLE stats_cache"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(write)
+# The tart_web role itself (created by the migrations): tests/test_least_privilege.py.
 
 
 # --- small ones and HTTP conventions -----------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -51,8 +52,12 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 
 def make_pool(dsn: str, max_size: int = 8) -> AsyncConnectionPool:
     # autocommit: every read is one statement, so no BEGIN/COMMIT round trips.
+    conninfo = utc_conninfo(dsn)
+    if not conninfo_to_dict(conninfo).get("application_name"):
+        # Names the web tier's sessions in pg_stat_activity (and the server log's %a).
+        conninfo = make_conninfo(conninfo, application_name="tart-web")
     return AsyncConnectionPool(
-        utc_conninfo(dsn),
+        conninfo,
         min_size=1,
         max_size=max_size,
         open=False,
