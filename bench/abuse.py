@@ -1,6 +1,7 @@
-"""Attacks on the ingest side of a real tart, each bounded and on loopback only, while a good node streams.
+"""Attacks on the ingest and web sides of a real tart, each bounded and on loopback only, while a good node streams.
 
-    .venv/bin/python bench/abuse.py [--duration 8] [--acceptors 1] [--attacks garbage,idle,bytes,many]
+    .venv/bin/python bench/abuse.py [--duration 8] [--acceptors 1] [--web-workers 2]
+        [--attacks garbage,idle,bytes,many,ws_recent,ws_many,rest_flood]
 
 For each attack (played from its own 127.0.0.x address; nothing is ever sent elsewhere) it
 prints: the good node's (127.0.0.1) events sent and stored in PostgreSQL (losses), the
@@ -8,13 +9,24 @@ receipt-to-commit p99 over the attack (the delta of the telemetry_ingest_latency
 histogram: every stored event, sampled by the writer), what tart counted (refusals, bans,
 closes, throttles), and for the garbage attack how long the acceptor took to answer another
 connection (a probe whose first frame has an oversize length prefix: the close is the answer).
-Goals: the good node loses nothing, p99 <= 100 ms, the acceptor answers within 100 ms.
+During every attack a probe from 127.0.0.1 asks GET /api/health/detailed every 0.25 s (latency
+p50/max), and the resident memory of the gunicorn workers (sum of VmRSS from /proc) is sampled:
+the growth printed is the largest sum seen during the attack minus the sum just before it.
+Web attacks: two WebSocket clients (127.0.0.6) that each send 63 GetRecentEvents and never read;
+200 WebSocket clients from 127.0.0.7 that subscribe and never read; 8 connections (127.0.0.8)
+flooding GET /api/events?limit=1000. The WebSocket clients are raw sockets (handshake, masked
+frames) with a 4 KiB receive buffer, so nothing ever reads for them.
+Goals: the good node loses nothing, p99 <= 100 ms, the acceptor answers within 100 ms,
+/api/health/detailed <= 200 ms, the web tier grows < 64 MiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import ipaddress
+import json
 import os
 import platform
 import random
@@ -41,6 +53,9 @@ LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 GOOD_RATE = 500  # events/s from the good node
 MAX_CONNECTIONS_PER_ATTACK = 1024
 MAX_BYTES_PER_ATTACK = 1 << 30
+MAX_REQUESTS_PER_ATTACK = 200_000
+HEALTH_GOAL_S = 0.2
+WEB_GROWTH_GOAL = 64 << 20
 
 
 def frame(content: bytes) -> bytes:
@@ -52,11 +67,17 @@ def node_info(seed: int) -> tuple[bytes, bytes]:
     return frame(encode_node_info(info)), info.peer_id
 
 
-def connect(src: str, target: tuple[str, int], timeout: float = 5.0) -> socket.socket:
+def on_loopback(src: str, target: tuple[str, int]) -> None:
     # Refuse to be pointed anywhere but loopback: this script opens floods.
     assert ipaddress.ip_address(src) in LOOPBACK and ipaddress.ip_address(target[0]) in LOOPBACK
+
+
+def connect(src: str, target: tuple[str, int], timeout: float = 5.0, rcvbuf: int | None = None) -> socket.socket:
+    on_loopback(src, target)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window
     s.bind((src, 0))
     s.connect(target)
     return s
@@ -85,8 +106,14 @@ def scrape(tart: TartProcess) -> dict:
                 out["buckets"][float(s.labels["le"])] = out["buckets"].get(float(s.labels["le"]), 0) + s.value
             elif s.name.startswith(("tart_connections_refused_total", "tart_address_bans_total",
                                     "telemetry_connections_closed_total", "tart_connection_throttles_total",
-                                    "telemetry_frame_errors_total")):
+                                    "telemetry_frame_errors_total", "tart_ws_closed_total",
+                                    "tart_ws_requests_refused_total", "telemetry_broadcaster_lagged_total",
+                                    "tart_http_database_timeouts_total", "tart_http_pages_truncated_total",
+                                    "tart_process_restarts_total", "tart_process_hung_total")):
                 key = s.name.replace("_total", "") + "".join(f"{{{v}}}" for v in s.labels.values())
+                out[key] = out.get(key, 0) + s.value
+            elif s.name == "tart_http_requests_total" and s.labels.get("route") == "/api/events":
+                key = f"http /api/events {s.labels.get('status')}"
                 out[key] = out.get(key, 0) + s.value
     return out
 
@@ -261,13 +288,203 @@ def attack_many(target, duration: float, report: dict) -> None:
         s.close()
 
 
-ATTACKS = {"garbage": attack_garbage, "idle": attack_idle, "bytes": attack_bytes, "many": attack_many}
+# --- the web side: raw WebSocket clients that never read, a REST flood, the probes -------------
+
+def ws_open(src: str, api: tuple[str, int]) -> socket.socket:
+    """A WebSocket handshake on a raw socket with a 4 KiB receive buffer; after the 101 nothing
+    ever reads from it again."""
+    s = connect(src, api, timeout=5, rcvbuf=4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /api/ws HTTP/1.1\r\nHost: {api[0]}:{api[1]}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 4096:
+        chunk = s.recv(1)  # byte by byte: not one byte past the handshake is read
+        if not chunk:
+            raise ConnectionError("closed during the WebSocket handshake")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+    return s
+
+
+def ws_frame(text: str) -> bytes:
+    data = text.encode()
+    mask = os.urandom(4)
+    n = len(data)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(ln.split(":", 1) for ln in lines if ":" in ln)
+
+
+def worker_rss(supervisor: int) -> dict[int, int]:
+    """{pid: VmRSS bytes} of this tart's gunicorn workers: the children of the gunicorn master that
+    `supervisor` (tart's pid) started; another tart on the machine (someone's tests) is not counted."""
+    gunicorn: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if b"gunicorn" not in (d / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        ppid = _status(int(d.name)).get("PPid", "0").strip()
+        gunicorn[int(d.name)] = int(ppid or 0)
+    masters = {pid for pid, ppid in gunicorn.items() if ppid == supervisor}
+    out = {}
+    for pid, ppid in gunicorn.items():
+        if ppid in masters:
+            rss = _status(pid).get("VmRSS", "").split()
+            if rss:
+                out[pid] = int(rss[0]) * 1024
+    return out
+
+
+class WebProbe(threading.Thread):
+    """GET /api/health/detailed from 127.0.0.1 every 0.25 s (a new connection each time), and the
+    gunicorn workers' RSS sum sampled alongside."""
+
+    def __init__(self, api: tuple[str, int], supervisor: int) -> None:
+        super().__init__(daemon=True)
+        self.api, self.supervisor = api, supervisor
+        self.mine = set(worker_rss(supervisor))
+        self.stop_ev = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.rss0 = sum(v for p, v in worker_rss(supervisor).items() if p in self.mine)
+        self.rss_max = self.rss0
+
+    def run(self) -> None:
+        on_loopback("127.0.0.1", self.api)
+        while not self.stop_ev.is_set():
+            t0 = time.perf_counter()
+            try:
+                c = http.client.HTTPConnection(*self.api, timeout=10, source_address=("127.0.0.1", 0))
+                c.request("GET", "/api/health/detailed")
+                r = c.getresponse()
+                r.read()
+                c.close()
+                self.latencies.append(time.perf_counter() - t0)
+                if r.status != 200:
+                    self.failures.append(str(r.status))
+            except OSError as e:
+                self.failures.append(type(e).__name__)
+            rss = worker_rss(self.supervisor)
+            self.rss_max = max(self.rss_max, sum(v for p, v in rss.items() if p in self.mine))
+            self.stop_ev.wait(0.25)
+
+    def report(self, report: dict) -> None:
+        lat = sorted(self.latencies)
+        if lat:
+            report["health/detailed ms (p50/max)"] = (f"{statistics.median(lat) * 1000:.1f}/{lat[-1] * 1000:.1f} over "
+                                                      f"{len(lat)} probes  [goal <= {HEALTH_GOAL_S * 1000:.0f} ms]")
+            report["health_max_s"] = lat[-1]
+        if self.failures:
+            report["health probes failed"] = ", ".join(sorted(set(self.failures)))
+            report["health_failed_s"] = len(self.failures)
+        growth = self.rss_max - self.rss0
+        now = set(worker_rss(self.supervisor))
+        if now != self.mine:
+            report["web workers replaced during the attack"] = f"{sorted(self.mine)} -> {sorted(now)}"
+        report["web workers RSS growth MiB"] = (f"{growth / 2**20:+.1f} (sum over {len(self.mine)} workers, "
+                                                f"{self.rss0 / 2**20:.0f} MiB before)  [goal < 64 MiB]")
+        report["rss_growth_s"] = growth
+
+
+def attack_ws_recent(api, duration: float, report: dict) -> None:
+    """Two WebSocket clients (127.0.0.6) each send 63 GetRecentEvents and never read."""
+    socks = []
+    for _ in range(2):
+        s = ws_open("127.0.0.6", api)
+        ask = ws_frame(json.dumps({"type": "GetRecentEvents", "limit": 10000}))
+        s.settimeout(5)
+        sent = 0
+        try:
+            for _ in range(63):
+                s.sendall(ask)
+                sent += 1
+        except OSError:
+            pass
+        report.setdefault("GetRecentEvents sent", []).append(sent)
+        socks.append(s)
+    time.sleep(duration)
+    for s in socks:
+        s.close()
+
+
+def attack_ws_many(api, duration: float, report: dict) -> None:
+    """200 WebSocket clients from 127.0.0.7 subscribe to everything and never read."""
+    sub = ws_frame(json.dumps({"type": "Subscribe", "filter": {"type": "All"}}))
+    socks, failed = [], 0
+    for _ in range(200):
+        try:
+            s = ws_open("127.0.0.7", api)
+            s.sendall(sub)
+            socks.append(s)
+        except OSError:
+            failed += 1
+    report["WebSocket handshakes completed"] = f"{len(socks)} of 200 ({failed} failed)"
+    time.sleep(duration)
+    for s in socks:
+        s.close()
+
+
+def attack_rest_flood(api, duration: float, report: dict) -> None:
+    """8 keep-alive connections from 127.0.0.8 flooding GET /api/events?limit=1000."""
+    stop = time.monotonic() + duration
+    counts = {"requests": 0, "bytes": 0}
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def flood() -> None:
+        on_loopback("127.0.0.8", api)
+        c = None
+        while time.monotonic() < stop and counts["requests"] < MAX_REQUESTS_PER_ATTACK:
+            try:
+                if c is None:
+                    c = http.client.HTTPConnection(*api, timeout=30, source_address=("127.0.0.8", 0))
+                c.request("GET", "/api/events?limit=1000")
+                r = c.getresponse()
+                n = len(r.read())
+                with lock:
+                    counts["requests"] += 1
+                    counts["bytes"] += n
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+            except (OSError, http.client.HTTPException):
+                if c is not None:
+                    c.close()
+                c = None
+                time.sleep(0.05)
+        if c is not None:
+            c.close()
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report["REST requests answered"] = (f"{counts['requests']} ({counts['requests'] / duration:.0f}/s, "
+                                        f"{counts['bytes'] / 2**20:.0f} MiB), statuses {dict(sorted(statuses.items()))}")
+
+
+WEB_ATTACKS = {"ws_recent", "ws_many", "rest_flood"}
+ATTACKS = {"garbage": attack_garbage, "idle": attack_idle, "bytes": attack_bytes, "many": attack_many,
+           "ws_recent": attack_ws_recent, "ws_many": attack_ws_many, "rest_flood": attack_rest_flood}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per attack")
     ap.add_argument("--acceptors", type=int, default=1)
+    ap.add_argument("--web-workers", type=int, default=2, help="gunicorn workers (tart's default: 2)")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated: " + ",".join(ATTACKS))
     ap.add_argument("--database-url", default="", help="default: tart's own embedded cluster")
     args = ap.parse_args()
@@ -278,13 +495,14 @@ def main() -> None:
     root.chmod(0o755)  # the embedded server runs as another user and must get in
     env = {"TART_LOG": "warning", "TART_BAN_SECONDS": "600"}
     tart = TartProcess(root, database_url=args.database_url or None, acceptors=args.acceptors, env=env,
-                       ready_timeout=180)
+                       web_workers=args.web_workers, ready_timeout=180)
     failed = []
     with tart:
         from tart.engine.config import load
         from tart.engine.db import resolve_database
 
         dsn = args.database_url or resolve_database(load(dict(tart.env)))[0]
+        api = ("127.0.0.1", tart.api_port)
         for k, name in enumerate(args.attacks.split(",")):
             good = GoodNode(tart.telemetry, 100 + k, args.duration + 1.0)
             before = scrape(tart)
@@ -292,7 +510,12 @@ def main() -> None:
             good.start()
             time.sleep(0.5)
             report: dict = {}
-            ATTACKS[name](tart.telemetry, args.duration, report)
+            probe = WebProbe(api, tart.proc.pid)
+            probe.start()
+            ATTACKS[name](api if name in WEB_ATTACKS else tart.telemetry, args.duration, report)
+            probe.stop_ev.set()
+            probe.join()
+            probe.report(report)
             good.join(args.duration + 30)
             n = stored(dsn, good.peer, good.sent)
             time.sleep(1.5)  # one more metrics push from every process
@@ -309,7 +532,9 @@ def main() -> None:
                     print(f"   {key}: {value}")
             print(f"   counted: {counted(before, after)}")
             print(f"   load average (1 min): {load0:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
-            ok = lost == 0 and (q is None or q <= 0.1) and report.get("probe_max_s", 0) <= 0.1
+            ok = (lost == 0 and (q is None or q <= 0.1) and report.get("probe_max_s", 0) <= 0.1
+                  and report.get("health_max_s", 0) <= HEALTH_GOAL_S and not report.get("health_failed_s")
+                  and report.get("rss_growth_s", 0) < WEB_GROWTH_GOAL)
             if not ok:
                 failed.append(name)
     print(f"\ngoals met: {'all' if not failed else 'not for ' + ', '.join(failed)}")
