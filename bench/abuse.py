@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import statistics
 import struct
@@ -487,6 +488,7 @@ def main() -> None:
     ap.add_argument("--web-workers", type=int, default=2, help="gunicorn workers (tart's default: 2)")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated: " + ",".join(ATTACKS))
     ap.add_argument("--database-url", default="", help="default: tart's own embedded cluster")
+    ap.add_argument("--keep", action="store_true", help="keep tart's data directory (default: removed at the end)")
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, nproc {os.cpu_count()}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}")
@@ -537,6 +539,8 @@ def main() -> None:
                   and report.get("rss_growth_s", 0) < WEB_GROWTH_GOAL)
             if not ok:
                 failed.append(name)
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
     print(f"\ngoals met: {'all' if not failed else 'not for ' + ', '.join(failed)}")
 
 
