@@ -49,9 +49,15 @@ control_socket_disable = True
 
 
 def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+    import gc
+
     from tart.web import lifecycle
 
     lifecycle.worker = worker
+    # What the worker imported and built at start lives as long as it does: moved out of the
+    # collector's view, it is not traversed again by every full collection (a page of 1000
+    # events allocates ~10^5 objects and triggers them; bench/rest_at_rest.py: p99 43 -> 21 ms).
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
