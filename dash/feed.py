@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from tart.engine.codec.eventtype import EventType
+
 try:
     import orjson
 
@@ -38,9 +40,9 @@ def _loads(raw: str | bytes) -> Any:
     doc = _decode(raw)
     return clean_tree(doc) if might_be_unsafe(raw) else doc
 
-STATUS = 10
-BEST_BLOCK = 11
-FINALIZED_BLOCK = 12
+STATUS = EventType.Status
+BEST_BLOCK = EventType.BestBlockChanged
+FINALIZED_BLOCK = EventType.FinalizedBlockChanged
 # How many live events wait for the UI; beyond this the oldest go (the UI shows only a screenful).
 PENDING_EVENTS = 5000
 DETAIL_EVENTS = 500

@@ -48,6 +48,7 @@ import orjson
 from tart.engine import metrics as m
 from tart.engine import reload
 from tart.engine.codec import DecodeError, decode_event, decode_node_info
+from tart.engine.codec.eventtype import EventType
 from tart.engine.config import Settings, live_options
 from tart.engine.framing import FrameSplitter
 from tart.engine.ratelimit import (
@@ -82,6 +83,9 @@ SHUTDOWN_FLUSH_S = 3.0  # the supervisor allows an acceptor 4 s to stop
 _ev_pack = EVENT_HEADER.pack
 _TS_TYPE = struct.Struct("<QB")
 _U64 = struct.Struct("<Q")
+# A Dropped frame: timestamp u64, discriminator, last_timestamp u64, num u64 (JIP-3).
+_DROPPED_LEN = 25
+_DROPPED_NUM_AT = 17
 _NUL_ESCAPE = b"\\u0000"
 
 
@@ -607,7 +611,7 @@ class NodeConnection(asyncio.Protocol):
                 # discriminator) is what the writer stores.
                 rec = b"".join((_ev_pack(KIND_EVENT, FLAG_HAS_NUL if _NUL_ESCAPE in js else 0, et, len(js),
                                          next(ids), received_at, d.timestamp, eid, peer_id), js, frame[9:]))
-                eid += d.value["num"] if et == 0 else 1
+                eid += d.value["num"] if et == EventType.Dropped else 1
                 if eid > EVENT_ID_MAX:
                     eid = self._saturate()
             if len(rec) > max_rec:
@@ -626,8 +630,8 @@ class NodeConnection(asyncio.Protocol):
             acc.n_rate_limited += n - keep
             for i in range(keep, n):
                 frame = frames[i]
-                if len(frame) == 25 and frame[8] == 0:
-                    eid += _U64.unpack_from(frame, 17)[0]
+                if len(frame) == _DROPPED_LEN and frame[8] == EventType.Dropped:
+                    eid += _U64.unpack_from(frame, _DROPPED_NUM_AT)[0]
                 else:
                     eid += 1
                 if eid > EVENT_ID_MAX:
