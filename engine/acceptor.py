@@ -180,6 +180,7 @@ class Acceptor:
             if written >= len(pending):
                 pending.clear()
                 self.pending_bytes = 0
+                self.ring.mark_visible()
             else:
                 self.pending_bytes -= sum(map(len, pending[:written]))
                 del pending[:written]
@@ -250,6 +251,8 @@ class Acceptor:
     def housekeeping(self) -> None:
         try:
             self.ring.heartbeat()
+            if not self.pending:
+                self.ring.mark_visible()  # an idle ring must not hold back forward paging
         except Exception:
             log.exception("ring heartbeat failed")
         if not self.paused:

@@ -92,6 +92,7 @@ _H_RESERVE = 11
 _H_GATE = 16  # gating reader line
 _H_GATE_SEQ = 17
 _H_LAST_T = 24  # id clock
+_H_VISIBLE = 25  # every id up to this one is in the ring (producer; see mark_visible)
 _H_COUNTERS = 32
 COUNTER_SLOTS = 32
 
@@ -364,6 +365,21 @@ class Ring:
             t = last + 1
         hq[_H_LAST_T] = t
         return (t << 6) | self.ring_index
+
+    def mark_visible(self) -> None:
+        """Producer only, when nothing it assigned an id to waits outside the ring: every id up
+        to the clock is now readable here. Forward paging (REST ``after_id``) reads no further,
+        so that a poller never steps past an event that is still on its way into a ring."""
+        hq = self._hq
+        # Any id assigned from now on is later than the clock and than this microsecond, so
+        # everything before both is in the ring, whatever ring index it carries.
+        t = max(hq[_H_LAST_T], time.time_ns() // 1000 - 1)
+        hq[_H_VISIBLE] = (t << 6) | 63
+
+    @property
+    def visible_through(self) -> int:
+        """The id up to which this ring's producer has made every record readable (0: none yet)."""
+        return self._hq[_H_VISIBLE]
 
     def next_ids(self, n: int) -> range:
         """Producer only: ``n`` consecutive ids (as ``next_id`` called n times, one clock read)."""

@@ -122,13 +122,17 @@ class TestRing:
         # (a node's clock is close to tart's: REST looks for a time range near the arrival times).
         self.ts0 = (time.time_ns() // 1000 - JCE_EPOCH_UNIX_US) // 1_000_000 * 1_000_000
 
-    def write(self, records: list[bytes]) -> None:
+    def write(self, records: list[bytes], visible: bool = True) -> None:
+        """Write as an acceptor's flush does; ``visible``: then say every id so far is in the
+        ring (the acceptor does when its pending list is empty)."""
         done = 0
         while done < len(records):
             n = self.ring.write_many(records[done:])
             done += n
             if done < len(records):
                 self.commit_all()
+        if visible:
+            self.ring.mark_visible()
 
     def commit_all(self) -> None:
         """Everything written so far counts as stored in PostgreSQL from now on."""

@@ -43,6 +43,9 @@ _EVENTS = {
         "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
         "has_more": {"type": "boolean"},
         "next_before_id": {"type": ["integer", "null"], "description": "pass as before_id for the next page"},
+        "next_after_id": {"type": "integer",
+                          "description": "with after_id: pass as after_id for the next page (the cursor itself "
+                                         "when nothing was new)"},
     },
 }
 _NODE = {
@@ -82,6 +85,10 @@ _EVENT_PARAMS = [
      "schema": {"type": "string"}, "example": "2100-01-01T00:00:00Z"},
     {"name": "before_id", "in": "query", "description": "only events with id < before_id (paging cursor)",
      "schema": {"type": "integer", "minimum": 1}, "example": 9223372036854775807},
+    {"name": "after_id", "in": "query",
+     "description": "forward paging: only events with id > after_id, oldest first, up to what every acceptor has "
+                    "made readable (a poller passing next_after_id back never skips an event); not with before_id",
+     "schema": {"type": "integer", "minimum": 0}},
 ]
 
 

@@ -29,6 +29,7 @@ class EventQuery:
     since_us: int | None = None   # inclusive, unix µs of the event timestamp
     until_us: int | None = None   # exclusive
     before_id: int | None = None
+    after_id: int | None = None  # forward paging: events after this id, oldest first
     node_id: str | None = None
 
 
@@ -84,12 +85,16 @@ def event_query(req: falcon.Request, node: str | None = None) -> EventQuery:
     since = _single(req, "since")
     until = _single(req, "until")
     before = _single(req, "before_id")
+    after = _single(req, "after_id")
+    if before is not None and after is not None:
+        raise bad_request("before_id and after_id cannot be combined: page back or forward")
     q = EventQuery(
         limit=limit,
         event_types=types,
         since_us=_time("since", since) if since is not None else None,
         until_us=_time("until", until) if until is not None else None,
         before_id=_int("before_id", before, 1, MAX_ID) if before is not None else None,
+        after_id=_int("after_id", after, 0, MAX_ID) if after is not None else None,
         node_id=node,
     )
     return q

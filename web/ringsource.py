@@ -95,6 +95,40 @@ class RingSet:
             del hits[need:]
         return hits, names
 
+    def visible_horizon(self) -> int:
+        """The newest id up to which every event of every ring is readable (ring or PostgreSQL):
+        forward paging (``after_id``) stops there, so a poller never skips an event that was
+        still in an acceptor's hands. 0 when a ring is missing or has not said yet."""
+        if len(self.rings) < len(self.names):
+            self.attach_missing()
+        if not self.rings or len(self.rings) < len(self.names):
+            return 0
+        return min(getattr(r, "visible_through", 0) for r in self.rings.values())
+
+    def select_uncommitted_after(self, q: EventQuery, horizon: int) -> tuple[list[EventRecord],
+                                                                        dict[str, tuple[str, str]]]:
+        """The oldest limit+1 uncommitted events with q.after_id < id <= horizon matching `q`,
+        oldest first, over every ring, plus node names from NODE_UP records seen."""
+        hits: list[EventRecord] = []
+        names: dict[str, tuple[str, str]] = {}
+        need = q.limit + 1
+        for ring in list(self.rings.values()):
+            window = max(SNAPSHOT_FIRST, 8 * need)
+            while True:
+                recs = ring.snapshot_uncommitted(window)
+                # The window holds the newest records; it reaches back far enough once its
+                # oldest event is at or before the cursor (or it holds the whole tail).
+                first = next((r for r in recs if r[0] == KIND_EVENT and len(r) >= _HDR_SIZE), None)
+                if len(recs) < window or first is None or _hdr(first)[4] <= q.after_id or window >= SNAPSHOT_MAX:
+                    break
+                window = min(SNAPSHOT_MAX, window * 8)
+            found, seen = select_events(recs, q, horizon=horizon)
+            hits.extend(found)
+            names.update(seen)
+        hits.sort(key=lambda ev: ev.id)
+        del hits[need:]
+        return hits, names
+
     def close(self) -> None:
         for ring in self.rings.values():
             close = getattr(ring, "close", None)
@@ -133,11 +167,14 @@ class RingSet:
         return out
 
 
-def select_events(records: list[bytes], q: EventQuery) -> tuple[list[EventRecord], dict[str, tuple[str, str]]]:
-    """Ring records matching `q`, newest id first, at most limit+1; plus node names seen in NODE_UP records."""
+def select_events(records: list[bytes], q: EventQuery, horizon: int | None = None
+                  ) -> tuple[list[EventRecord], dict[str, tuple[str, str]]]:
+    """Ring records matching `q`, newest id first, at most limit+1; plus node names seen in NODE_UP
+    records. With ``q.after_id``: ids in (after_id, horizon], the oldest limit+1, oldest first."""
     types = frozenset(q.event_types) if q.event_types is not None else None
     peer = bytes.fromhex(q.node_id) if q.node_id is not None else None
     before = q.before_id
+    after = q.after_id
     since, until = q.since_us, q.until_us
     hits: list[tuple[int, bytes]] = []
     names: dict[str, tuple[str, str]] = {}
@@ -148,6 +185,8 @@ def select_events(records: list[bytes], q: EventQuery) -> tuple[list[EventRecord
                 continue
             _, _, etype, _, id_, _, ts, _, pid = _hdr(rec)
             if before is not None and id_ >= before:
+                continue
+            if after is not None and (id_ <= after or id_ > horizon):
                 continue
             if types is not None and etype not in types:
                 continue
@@ -169,7 +208,7 @@ def select_events(records: list[bytes], q: EventQuery) -> tuple[list[EventRecord
                 )
             except (ValueError, orjson.JSONDecodeError, AttributeError):
                 continue
-    hits.sort(key=lambda h: h[0], reverse=True)
+    hits.sort(key=lambda h: h[0], reverse=after is None)
     return [unpack_event(rec) for _, rec in hits[: q.limit + 1]], names
 
 

@@ -141,7 +141,10 @@ def _event_where(q: EventQuery) -> tuple[list[str], list[Any]]:
     return where, args
 
 
-def _event_sql(q: EventQuery, lo: int | None, hi: int | None, limit: int) -> tuple[str, list[Any]]:
+def _event_sql(q: EventQuery, lo: int | None, hi: int | None, limit: int, ascending: bool = False
+               ) -> tuple[str, list[Any]]:
+    """Rows with lo <= id < hi (either bound optional) matching ``q``, newest first (oldest first
+    when ``ascending``), at most ``limit``."""
     where, args = _event_where(q)
     if hi is not None:
         where.append("e.id < %s")
@@ -152,7 +155,7 @@ def _event_sql(q: EventQuery, lo: int | None, hi: int | None, limit: int) -> tup
     sql = eventrows.SELECT.format(table="event_rows")
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY e.id DESC LIMIT %s"
+    sql += f" ORDER BY e.id {'ASC' if ascending else 'DESC'} LIMIT %s"
     args.append(limit)
     return sql, args
 
@@ -230,6 +233,40 @@ async def list_events(pool: AsyncConnectionPool, q: EventQuery) -> list[tuple]:
         sql, args = _event_sql(q, None, min(top, floor), need - len(rows))
         cur = await conn.execute(sql, args)
         rows.extend(await cur.fetchall())
+        return rows
+
+
+async def list_events_after(pool: AsyncConnectionPool, q: EventQuery, horizon: int) -> list[tuple]:
+    """Forward paging: up to limit+1 rows with q.after_id < id <= horizon, oldest first. A node or
+    type filter walks its btree forward; without one, windows of ids go forward from the cursor
+    (widening as in ``list_events``) up to the horizon."""
+    need = q.limit + 1
+    lo0, hi = q.after_id + 1, horizon + 1
+    if lo0 >= hi:
+        return []
+    async with pool.connection() as conn:
+        if q.node_id is not None or q.event_types is not None:
+            sql, args = _event_sql(q, lo0, hi, need, ascending=True)
+            cur = await conn.execute(sql, args)
+            return await cur.fetchall()
+        rows: list[tuple] = []
+        # Ids below the partitions' floor come first, if any (rows that came another way).
+        floor = await _id_floor(conn)
+        if lo0 < floor:
+            sql, args = _event_sql(q, lo0, min(floor, hi), need, ascending=True)
+            cur = await conn.execute(sql, args)
+            rows.extend(await cur.fetchall())
+            lo0 = min(floor, hi)
+        width = eventrows.id_of_unix_us(eventrows.FIRST_WINDOW_US)
+        lo = lo0
+        while lo < hi and len(rows) < need:
+            top = min(hi, lo + width)
+            sql, args = _event_sql(q, lo, top, need - len(rows), ascending=True)
+            cur = await conn.execute(sql, args)
+            got = await cur.fetchall()
+            rows.extend(got)
+            width = eventrows.next_width(top - lo, len(got), need - len(rows))
+            lo = top
         return rows
 
 
