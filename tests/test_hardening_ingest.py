@@ -168,7 +168,8 @@ def test_connections_per_address_hold_across_acceptors(harness):
         s = connect_from("127.0.0.3", h.port)
         s.sendall(node_info_frame(200 + i)[0])
         others.append(s)
-    assert not any(closed_by_server(s, timeout=0.3) for s in others[:4])
+    # Two acceptors accept in no fixed order: which 4 of the 6 get in is not known, only that 4 do.
+    assert sum(not closed_by_server(s, timeout=1.0) for s in others) == 4
     h.wait_until(lambda: len(h.got.ups) == 8)
     # A place freed by the first host is its own again.
     open_[0].close()
