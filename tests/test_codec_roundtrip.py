@@ -10,86 +10,14 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import event_value
 
-from tart.engine.codec import EVENT_NAMES, decode_event, encode_event, event_schema, peer_address_text
-from tart.engine.codec.types import (
-    BoolT,
-    Bytes,
-    Composite,
-    CoreBits,
-    CoreCounts,
-    Enum,
-    ImportSpecT,
-    Int,
-    Option,
-    PeerAddressT,
-    Seq,
-    String,
-)
-
-_INT_MAX = {"u8": 2**8 - 1, "u16": 2**16 - 1, "u32": 2**32 - 1, "u64": 2**64 - 1}
-
-
-def _hex(n: int):
-    return st.binary(min_size=n, max_size=n).map(lambda b: "0x" + b.hex())
-
-
-def _peer_address():
-    def build(ip: bytes, port: int) -> dict:
-        return {"ipv6": "0x" + ip.hex(), "port": port, "address": peer_address_text(ip, port)}
-
-    ipv4_mapped = st.binary(min_size=4, max_size=4).map(lambda b: bytes(10) + b"\xff\xff" + b)
-    ip = st.one_of(st.binary(min_size=16, max_size=16), ipv4_mapped)
-    return st.builds(build, ip, st.integers(0, 65535))
-
-
-def strategy(t, c: int):
-    if isinstance(t, Int):
-        return st.integers(0, _INT_MAX[t.label])
-    if isinstance(t, BoolT):
-        return st.booleans()
-    if isinstance(t, Enum):
-        return st.sampled_from(t.names)
-    if isinstance(t, Bytes):
-        return _hex(t.size)
-    if isinstance(t, PeerAddressT):
-        return _peer_address()
-    if isinstance(t, ImportSpecT):
-        return st.builds(
-            lambda kind, h, i: {"root_identifier": {kind: h}, "export_index": i},
-            st.sampled_from(["SegmentsRoot", "WorkPackageHash"]), _hex(32), st.integers(0, 0x7FFF),
-        )
-    if isinstance(t, Composite):
-        parts = [strategy(m, c) for _, m in t.members]
-        if t.keyed:
-            keys = [k for k, _ in t.members]
-            return st.tuples(*parts).map(lambda vs: dict(zip(keys, vs, strict=True)))
-        return st.tuples(*parts).map(list)
-    if isinstance(t, String):
-        alphabet = st.characters(codec="utf-8")
-        return st.text(alphabet, max_size=t.bound // 2).filter(lambda s: len(s.encode()) <= t.bound) | st.just(
-            "a\x00b"
-        )
-    if isinstance(t, Option):
-        return st.none() | strategy(t.inner, c)
-    if isinstance(t, Seq):
-        return st.lists(strategy(t.inner, c), max_size=3)
-    if isinstance(t, CoreCounts):
-        return st.lists(st.integers(0, 255), min_size=c, max_size=c)
-    if isinstance(t, CoreBits):
-        return _hex((c + 7) // 8)
-    raise AssertionError(f"no strategy for {t!r}")
-
-
-def event_value(et: int, c: int):
-    fields = event_schema(et)
-    keys = ["timestamp"] + [k for k, _ in fields]
-    parts = [st.integers(0, 2**64 - 1)] + [strategy(t, c) for _, t in fields]
-    return st.tuples(*parts).map(lambda vs: dict(zip(keys, vs, strict=True)))
+from tart.engine.codec import EVENT_NAMES, decode_event, encode_event
 
 
 @pytest.mark.parametrize("et", sorted(EVENT_NAMES), ids=lambda et: f"{et}-{EVENT_NAMES[et]}")
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_roundtrip_every_event(et, data):
     c = data.draw(st.sampled_from([0, 1, 2, 8, 9, 341]), label="core_count")

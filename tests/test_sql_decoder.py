@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from strategies import INT_MAX, U64_MAX, event_value
 
 from tart.engine.codec import (
     EVENT_NAMES,
@@ -50,8 +51,6 @@ from tart.engine.codec.types import (
 from tart.engine.copyfmt import escape_nul_json
 
 ROOT = Path(__file__).resolve().parent.parent
-U64_MAX = 2**64 - 1
-_INT_MAX = {"u8": 2**8 - 1, "u16": 2**16 - 1, "u32": 2**32 - 1, "u64": U64_MAX}
 _HEADER = struct.Struct("<QB")
 BATCH = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                       HealthCheck.data_too_large])
@@ -115,67 +114,6 @@ def check(conn, rows: list[tuple[int, int, bytes]]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Values, built by walking the schema as the codec does
-
-
-def _hex(n: int):
-    return st.binary(min_size=n, max_size=n).map(lambda b: "0x" + b.hex())
-
-
-# Hextets that are mostly zero, so that "::" runs of every length and position turn up.
-_hextet = st.one_of(st.just(0), st.just(0), st.integers(1, 0xFFFF))
-_ipv6 = st.one_of(
-    st.binary(min_size=16, max_size=16),
-    st.lists(_hextet, min_size=8, max_size=8).map(lambda hs: struct.pack(">8H", *hs)),
-    st.binary(min_size=4, max_size=4).map(lambda b: bytes(10) + b"\xff\xff" + b),
-    st.binary(min_size=4, max_size=4).map(lambda b: bytes(12) + b),
-)
-_text = st.one_of(
-    st.text(st.characters(codec="utf-8"), max_size=130),
-    st.sampled_from(["", "a\x00b", "\x00", "\x00" * 128, "é" * 64, "x" * 128, "x" * 127, "🦀\x00\\u0000\"\\",
-                     "\u20ac\U0010ffff\ufffe\x7f\x01"]),
-)
-
-
-def strategy(t, c: int):
-    if isinstance(t, Int):
-        return st.one_of(st.integers(0, _INT_MAX[t.label]), st.just(_INT_MAX[t.label]))
-    if isinstance(t, BoolT):
-        return st.booleans()
-    if isinstance(t, Enum):
-        return st.sampled_from(t.names)
-    if isinstance(t, Bytes):
-        return _hex(t.size)
-    if isinstance(t, PeerAddressT):
-        return st.builds(lambda ip, port: {"ipv6": "0x" + ip.hex(), "port": port}, _ipv6, st.integers(0, 65535))
-    if isinstance(t, ImportSpecT):
-        return st.builds(
-            lambda kind, h, i: {"root_identifier": {kind: h}, "export_index": i},
-            st.sampled_from(["SegmentsRoot", "WorkPackageHash"]), _hex(32), st.integers(0, 0x7FFF),
-        )
-    if isinstance(t, Composite):
-        parts = [strategy(m, c) for _, m in t.members]
-        if t.keyed:
-            keys = [k for k, _ in t.members]
-            return st.tuples(*parts).map(lambda vs: dict(zip(keys, vs, strict=True)))
-        return st.tuples(*parts).map(list)
-    if isinstance(t, String):
-        return _text.filter(lambda s: len(s.encode()) <= t.bound)
-    if isinstance(t, Option):
-        return st.none() | strategy(t.inner, c)
-    if isinstance(t, Seq):
-        return st.lists(strategy(t.inner, c), max_size=3)
-    if isinstance(t, CoreCounts):
-        return st.lists(st.integers(0, 255), min_size=c, max_size=c)
-    if isinstance(t, CoreBits):
-        return _hex((c + 7) // 8)
-    raise AssertionError(f"no strategy for {t!r}")
-
-
-def event_value(et: int, c: int):
-    fields = event_schema(et)
-    keys = ["timestamp"] + [k for k, _ in fields]
-    parts = [st.integers(0, U64_MAX)] + [strategy(t, c) for _, t in fields]
-    return st.tuples(*parts).map(lambda vs: dict(zip(keys, vs, strict=True)))
 
 
 def payload_of(et: int, value: dict, c: int) -> bytes:
@@ -256,7 +194,7 @@ def test_every_prefix_and_a_trailing_byte(db):
 def _sample_value(et: int, rng, c: int) -> dict:
     def gen(t):
         if isinstance(t, Int):
-            return rng.randrange(_INT_MAX[t.label] + 1)
+            return rng.randrange(INT_MAX[t.label] + 1)
         if isinstance(t, BoolT):
             return rng.random() < 0.5
         if isinstance(t, Enum):
