@@ -21,22 +21,18 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import signal
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import psycopg
-from rowformat import Ev, load1, loadgen_events, machine_line
+from rowformat import Ev, bench_database, load1, loadgen_events, machine_line
 
 from tart.engine import copyfmt, derived, nodekeys
 from tart.engine.codec.events import decode_event
 from tart.engine.config import Settings
 from tart.engine.db import connect
-from tart.engine.migrate import ensure_partitions, migrate
-from tart.engine.pgcluster import EmbeddedCluster
+from tart.engine.migrate import ensure_partitions
 from tart.engine.record import pack_event
 from tart.engine.ring import Ring
 from tart.engine.writer import Batch, run_writer
@@ -134,15 +130,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1024)
     ap.add_argument("--rate", type=float, default=100.0, help="events/s per node of the replayed loadgen mix")
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="tart-bench-", dir="/tmp"))
-    root.chmod(0o755)
-    cluster = None
-    try:
-        dsn = args.dsn
-        if not dsn:
-            cluster = EmbeddedCluster(root / "var")
-            dsn = cluster.start()
-        migrate(dsn)
+    with bench_database(args.dsn, "tart-bench-") as (dsn, root):
         evs = loadgen_events(args.rows, args.nodes, args.rate)
         per_ring = make_records(evs)
         recs = [r for rs in per_ring for r in rs]
@@ -159,12 +147,6 @@ def main() -> None:
         rate = bench_writer(dsn, per_ring, args.batch, root)
         print(f"writer drain (COPY + cursors, rollups beside): {rate:,.0f} rows/s (load1 {load1()})")
         print(machine_line())
-    except psycopg.Error as e:
-        raise SystemExit(f"database error: {e}") from e
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ Without --dsn a private cluster with tart's default (durable) settings is starte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -29,7 +30,7 @@ import shutil
 import struct
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -379,6 +380,34 @@ def run(dsn: str, args: argparse.Namespace) -> None:
     print(machine_line())
 
 
+@contextlib.contextmanager
+def bench_database(dsn: str, prefix: str, settings: dict[str, str] | None = None,
+                   migrated: bool = True) -> Iterator[tuple[str, Path]]:
+    """(DSN, scratch dir) for a benchmark: ``dsn`` if given, else a private cluster under /tmp
+    (stopped and removed afterwards); migrated unless told otherwise. A database error ends the
+    benchmark with its message."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    root.chmod(0o755)  # the cluster's own user must enter it
+    cluster = None
+    try:
+        if not dsn:
+            from tart.engine.pgcluster import EmbeddedCluster
+
+            cluster = EmbeddedCluster(root / "var", settings=settings)
+            dsn = cluster.start()
+        if migrated:
+            from tart.engine.migrate import migrate
+
+            migrate(dsn)
+        yield dsn, root
+    except psycopg.Error as e:
+        raise SystemExit(f"database error: {e}") from e
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dsn", default="", help="server to use (default: a private cluster under /tmp)")
@@ -387,27 +416,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0, help="events/s per node (sets the Status share)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="tart-bench-rowfmt-", dir="/tmp"))
-    root.chmod(0o755)
-    cluster = None
-    try:
-        dsn = args.dsn
-        if not dsn:
-            from tart.engine.pgcluster import EmbeddedCluster
-
-            cluster = EmbeddedCluster(root / "var")
-            dsn = cluster.start()
-        from tart.engine.migrate import migrate
-
-        migrate(dsn)
+    with bench_database(args.dsn, "tart-bench-rowfmt-") as (dsn, _root):
         run(dsn, args)
-    except psycopg.Error as e:
-        raise SystemExit(f"database error: {e}") from e
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import psycopg
+from rowformat import bench_database
 
 from tart.engine.codec import EVENT_NAMES
 from tart.engine.codec.sqlgen import decoder_sql
 from tart.engine.loadgen import build_template
-from tart.engine.pgcluster import EmbeddedCluster
 
 
 def cpu_model() -> str:
@@ -117,23 +115,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="best of this many scans")
     ap.add_argument("--per-type", action="store_true", help="also time each event type of the mix alone")
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="tart-bench-sqldec-", dir="/tmp"))
-    root.chmod(0o755)
-    cluster = None
-    try:
-        dsn = args.dsn
-        if not dsn:
-            cluster = EmbeddedCluster(root / "var", settings={"fsync": "off", "shared_buffers": "256MB"})
-            dsn = cluster.start()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            run(conn, args)
-    except psycopg.Error as e:
-        raise SystemExit(f"database error: {e}") from e
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
+    settings = {"fsync": "off", "shared_buffers": "256MB"}
+    with (bench_database(args.dsn, "tart-bench-sqldec-", settings, migrated=False) as (dsn, _root),
+          psycopg.connect(dsn, autocommit=True) as conn):
+        run(conn, args)
 
 if __name__ == "__main__":
     main()
