@@ -11,7 +11,6 @@ in a few block ranges, and a walk widens its window until it has enough rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from tart.engine.codec import DecodeError
@@ -64,22 +63,12 @@ def next_width(width: int, found: int, missing: int) -> int:
     return int(width * min(WIDEN_MAX, max(WIDEN_MIN, 1.5 * missing / found)))
 
 
-def ascending_windows(lo_id: int, hi_id: int, width_us: int) -> Iterator[tuple[int, int]]:
-    """``[lo, hi)`` id windows of ``width_us`` each, from ``lo_id`` up to ``hi_id``."""
-    width = id_of_unix_us(width_us)
-    lo = lo_id
-    while lo < hi_id:
-        yield lo, min(hi_id, lo + width)
-        lo += width
-
-
 # Names of the daily event partitions, oldest first: every stored id is at or above the first
 # one's day start (an id's time is its arrival time, which the partition bounds).
 PARTITIONS_SQL = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
     " WHERE i.inhparent = 'event_rows'::regclass ORDER BY 1"
 )
-DAY_US = 86_400_000_000
 
 
 def partition_day_start_us(name: str) -> int | None:

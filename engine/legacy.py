@@ -21,7 +21,6 @@ from tart.engine.codec import EVENT_NAMES, encode_event
 
 log = logging.getLogger("tart.migrate")
 
-_I8 = copyfmt.struct.Struct(">iq")
 FETCH = 5000
 
 

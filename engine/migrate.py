@@ -94,13 +94,9 @@ def ensure_partitions(conn: psycopg.Connection, days_back: int = 1, days_ahead: 
 def _decoders_name() -> tuple[str, str]:
     """("decoders-<hash>", SQL) of the SQL event decoders generated from the codec's schema table:
     a changed schema gets a new name, so its functions are replaced on the next start."""
-    try:
-        from tart.engine.codec.sqlgen import decoder_sql
-        sql = decoder_sql()
-    except ImportError:
-        # Until the generator exists the view still works, with data NULL.
-        sql = ("CREATE OR REPLACE FUNCTION tart_event_data(event_type integer, ts_jce numeric, payload bytea)"
-               " RETURNS jsonb LANGUAGE sql IMMUTABLE AS 'SELECT NULL::jsonb'")
+    from tart.engine.codec.sqlgen import decoder_sql
+
+    sql = decoder_sql()
     return "decoders-" + hashlib.sha256(sql.encode()).hexdigest()[:16], sql
 
 

@@ -70,7 +70,7 @@ EVENT_HEADER_SIZE = EVENT_HEADER.size
 event_header = EVENT_HEADER.unpack_from
 
 _U64 = struct.Struct("<Q")
-_OFF_ID, _OFF_RECEIVED, _OFF_TS = 8, 16, 24
+_OFF_ID, _OFF_RECEIVED = 8, 16
 
 
 def event_id_of(rec: bytes) -> int:
@@ -86,15 +86,6 @@ def event_received_at(rec: bytes) -> int:
 def event_peer_id(rec: bytes) -> bytes:
     return rec[40:72]
 
-
-def event_json_of(rec: bytes) -> bytes:
-    """The JSON part (or, for a MALFORMED record, the decode error text)."""
-    return rec[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + struct.unpack_from("<I", rec, 4)[0]]
-
-
-def event_raw_of(rec: bytes) -> bytes:
-    """The raw part: the wire payload of a decoded event, the whole frame of a MALFORMED one."""
-    return rec[EVENT_HEADER_SIZE + struct.unpack_from("<I", rec, 4)[0]:]
 
 _ev_pack = EVENT_HEADER.pack
 _ev_unpack = EVENT_HEADER.unpack_from

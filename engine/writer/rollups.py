@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import psycopg
 
@@ -38,7 +38,6 @@ COUNTS_FLUSH_S = 5.0
 HOURLY_FLUSH_S = 60.0
 HOUR_US = 3_600_000_000
 BUCKETS_PER_HOUR = HOUR_US // BUCKET_US
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Arrays go in binary (%b): text arrays cost client and server ~8 us per element to print and
 # parse, more than the upsert itself. (Never empty: binary dumping cannot type an empty list.)
@@ -94,10 +93,6 @@ RECOVER_SQL = {
         ON CONFLICT (hour, node_key, event_type) DO UPDATE SET event_count = c.event_count + excluded.event_count""",
     ],
 }
-
-
-def us_dt(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def recover(conn: psycopg.Connection, ring_names: list[str] | None = None) -> int:
@@ -327,7 +322,7 @@ class Rollups:
             for (key, etype, bucket), n in c30.items():
                 b = buckets.get(bucket)
                 if b is None:
-                    b = buckets[bucket] = us_dt(bucket * BUCKET_US)
+                    b = buckets[bucket] = derived.us_to_dt(bucket * BUCKET_US)
                     days.add(b.date())
                 cols[0].append(b)
                 cols[1].append(key)
@@ -338,7 +333,7 @@ class Rollups:
                 conn.execute("SELECT tart_ensure_partition('event_counts_30s', %s::date)", (day,))
             conn.execute(COUNTS_30S_SQL, cols)
             nodes = list(per_node)
-            conn.execute(NODE_COUNTS_SQL, (nodes, [per_node[k] for k in nodes], [us_dt(seen[k]) for k in nodes]))
+            conn.execute(NODE_COUNTS_SQL, (nodes, [per_node[k] for k in nodes], [derived.us_to_dt(seen[k]) for k in nodes]))
         if upto:
             conn.execute(WATERMARK_SQL.format(col="counted_30s"), (list(upto), list(upto.values())))
 
@@ -347,7 +342,7 @@ class Rollups:
         if hourly:
             cols: tuple[list, list, list, list] = ([], [], [], [])
             for (key, etype, hour), n in hourly.items():
-                cols[0].append(us_dt(hour * HOUR_US))
+                cols[0].append(derived.us_to_dt(hour * HOUR_US))
                 cols[1].append(key)
                 cols[2].append(etype)
                 cols[3].append(n)
